@@ -1,0 +1,59 @@
+"""YAML reading (C loader when present) and atomic writing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from .errors import ConfigError
+
+
+def load_file(path: str) -> Any:
+    """Parse one YAML document; errors name the file, line and column."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if len(data) > 1024 * 1024:
+        raise ConfigError(f"{path}: file too large ({len(data)} bytes, at most 1 MiB)")
+    try:
+        return yaml.load(data, Loader=loader)  # noqa: S506 - safe loader chosen above
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError(f"{path}: invalid YAML at {where}: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from exc
+
+
+def dump(data: Any) -> str:
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return str(yaml.dump(data, Dumper=dumper, default_flow_style=False, sort_keys=False))
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Write to a temp file in the same directory, fsync, rename over *path*."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,352 @@
+"""flake-ctl podman pull|load|register|remove|show."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from .. import flakeconf, names, registration, statedir
+from ..errors import ConflictError, EngineError, FlakeError, NotFoundError, SecurityError, UsageError
+from ..runner import first_line, run
+from ..settings import Settings
+from .common import load_settings, podman_engine, require_abs, user_name
+from .output import Column, emit
+
+LAUNCHER = "podman-pilot"
+
+
+def _image_arg(value: str, option: str) -> str:
+    if not value or value.startswith("-") or any(c.isspace() or c == "\0" for c in value):
+        raise UsageError(f"{option}: {value!r} is not a valid image reference")
+    return value
+
+
+def _last_line(data: bytes) -> str:
+    lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+# -- pull / load ---------------------------------------------------------------------------------
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    uri = _image_arg(args.uri, "--uri")
+    cfg = load_settings(args)
+    podman, env = podman_engine(cfg)
+    proc = run([*podman, "pull", "-q", uri], env=env)
+    print(f"pulled {uri} ({_last_line(proc.stdout)[:12]})")
+    return 0
+
+
+def resolve_archive(path: str) -> str:
+    """The archive itself, else the last match of ``<path>*`` in sorted order (the original's rule)."""
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise UsageError(f"--oci: {path} is not a file")
+        return path
+    matches = sorted(m for m in glob.glob(glob.escape(path) + "*") if os.path.isfile(m))
+    if not matches:
+        raise NotFoundError(f"--oci: {path} does not exist and nothing matches {path}*")
+    return matches[-1]
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    archive = resolve_archive(args.oci)
+    cfg = load_settings(args)
+    podman, env = podman_engine(cfg)
+    proc = run([*podman, "load", "-q", "-i", os.path.abspath(archive)], env=env)
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        if line.strip():
+            print(line.strip())
+    return 0
+
+
+# -- register ------------------------------------------------------------------------------------
+
+
+def strip_escape(value: str) -> str:
+    """Values starting with '-' are given as '\\-...'; exactly one leading backslash is removed."""
+    return value[1:] if value.startswith("\\") else value
+
+
+def container_config(
+    *,
+    container: str,
+    app: str,
+    target: str,
+    base: str | None,
+    layers: list[str],
+    check_host_dependencies: bool,
+    include_tar: list[str],
+    include_path: list[str],
+    runas: str,
+    resume: bool,
+    attach: bool,
+    opts: list[str],
+) -> dict[str, Any]:
+    """The registration in the original's template shape, so either implementation can read it."""
+    return {
+        "include": {"tar": include_tar or None, "path": include_path or None},
+        "container": {
+            "name": container,
+            "target_app_path": target,
+            "host_app_path": app,
+            "base_container": base,
+            "check_host_dependencies": check_host_dependencies,
+            "layers": layers or None,
+            "runtime": {
+                "runas": runas,
+                "resume": resume,
+                "attach": attach,
+                "podman": opts or None,
+            },
+        },
+    }
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    container = _image_arg(args.container, "--container")
+    cfg = load_settings(args)
+    if args.info:
+        return _info(cfg, container)
+    app = require_abs(args.app, "--app")
+    names.app_name(os.path.basename(app), "--app name")
+    target = require_abs(args.target, "--target") if args.target is not None else app
+    if args.layer and not args.base:
+        raise UsageError("--layer: layers need a base container (--base)")
+    base = _image_arg(args.base, "--base") if args.base is not None else None
+    layers = [_image_arg(x, "--layer") for x in args.layer]
+    tars = [require_abs(x, "--include-tar") for x in args.include_tar]
+    paths = [require_abs(x, "--include-path") for x in args.include_path]
+    opts = [strip_escape(x) for x in args.opt]
+    for opt in opts:
+        if not opt or "\0" in opt:
+            raise UsageError(f"--opt: {opt!r} is not a valid podman option")
+    config = container_config(
+        container=container,
+        app=app,
+        target=target,
+        base=base,
+        layers=layers,
+        check_host_dependencies=args.check_host_dependencies,
+        include_tar=tars,
+        include_path=paths,
+        runas=user_name() if cfg.user_mode else "root",
+        resume=args.resume,
+        attach=args.attach,
+        opts=opts,
+    )
+    cfg_file = registration.register(cfg.flakes_dir, app, LAUNCHER, config, args.force)
+    print(f"registered {app} -> {container}:{target} ({cfg_file})")
+    return 0
+
+
+def info_file_name(container: str) -> str:
+    """``<basename>.yaml`` of the image name, without tag or digest."""
+    base = container.split("@", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return base.split(":", 1)[0] + ".yaml"
+
+
+def _info(cfg: Settings, container: str) -> int:
+    podman, env = podman_engine(cfg)
+    exists = run([*podman, "image", "exists", container], env=env, check=False)
+    if exists.returncode == 1:
+        raise NotFoundError(
+            f"--container: image {container} is not in the flake storage (pull or load it first)"
+        )
+    if exists.returncode != 0:
+        raise EngineError(
+            f"podman image exists {container} failed: {first_line(exists.stderr)}", exists.returncode
+        )
+    name = info_file_name(container)
+    cid = _last_line(run([*podman, "create", "--pull=never", container, "true"], env=env).stdout)
+    tmp = tempfile.mkdtemp(prefix="flake-ctl-info-")
+    try:
+        copied = run([*podman, "cp", f"{cid}:/{name}", os.path.join(tmp, name)], env=env, check=False)
+        if copied.returncode != 0:
+            raise NotFoundError(f"{container}: no info file /{name} in the image")
+        with open(os.path.join(tmp, name), encoding="utf-8", errors="replace") as handle:
+            sys.stdout.write(handle.read())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        run([*podman, "rm", "-f", cid], env=env, check=False)
+    return 0
+
+
+# -- remove --------------------------------------------------------------------------------------
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    cfg = load_settings(args)
+    if args.app is not None:
+        app = require_abs(args.app, "--app")
+        registration.remove(cfg.flakes_dir, app, LAUNCHER, args.force)
+        print(f"removed {app}")
+        return 0
+    return _purge(cfg, _image_arg(args.container, "--container"), args.force)
+
+
+def _purge(cfg: Settings, container: str, force: bool) -> int:
+    """Remove the image and every registration that uses it; the image goes first (it may be in use)."""
+    from .listing import registrations
+
+    apps: list[str] = []
+    failed = 0
+    for name, path in registrations(cfg.flakes_dir):
+        try:
+            flake = flakeconf.parse(name, path)
+        except FlakeError as exc:
+            sys.stderr.write(f"flake-ctl: skipping broken registration: {exc}\n")
+            failed = 1
+            continue
+        if isinstance(flake, flakeconf.PodmanFlake) and flake.image == container:
+            if not flake.host_app_path:
+                sys.stderr.write(
+                    f"flake-ctl: {path}: key 'container.host_app_path' is missing, not removed\n"
+                )
+                failed = 1
+                continue
+            apps.append(flake.host_app_path)
+    podman, env = podman_engine(cfg)
+    exists = run([*podman, "image", "exists", container], env=env, check=False)
+    if exists.returncode not in (0, 1):
+        raise EngineError(
+            f"podman image exists {container} failed: {first_line(exists.stderr)}", exists.returncode
+        )
+    if exists.returncode == 1 and not apps:
+        raise NotFoundError(f"--container: no image {container} and no flake registered for it")
+    if exists.returncode == 0:
+        proc = run([*podman, "image", "rm", *(["--force"] if force else []), container], env=env, check=False)
+        if proc.returncode != 0:
+            raise ConflictError(
+                f"podman image rm {container} failed: {first_line(proc.stderr)}"
+                + ("" if force else " (use --force to remove its containers too)")
+            )
+        print(f"removed image {container}")
+    for app in apps:
+        if os.path.lexists(app) and not registration.is_flake_link(app, LAUNCHER):
+            sys.stderr.write(f"flake-ctl: {app}: not a symlink to {LAUNCHER}, registration kept\n")
+            failed = 1
+            continue
+        registration.remove(cfg.flakes_dir, app, LAUNCHER, force=True)
+        print(f"removed {app}")
+    return failed
+
+
+# -- show ----------------------------------------------------------------------------------------
+
+SHOW_COLUMNS = (
+    Column("name", "NAME"),
+    Column("user", "USER"),
+    Column("id", "ID", shorten=lambda s: s[:12]),
+    Column("status", "STATUS"),
+    Column("image", "IMAGE"),
+    Column("config", "CONFIG"),
+)
+
+
+def _instance_files(cfg: Settings) -> tuple[list[tuple[int, str]], list[str]]:
+    """(uid, path) of every ``<ids>/<uid>/*.cid`` this scope may see, and problems found."""
+    base = cfg.podman_ids_dir
+    problems: list[str] = []
+    try:
+        uids = sorted(int(d) for d in os.listdir(base) if d.isdigit())
+    except FileNotFoundError:
+        return [], problems
+    except OSError as exc:
+        return [], [f"{base}: cannot list: {exc.strerror}"]
+    if cfg.user_mode:
+        uids = [u for u in uids if u == os.getuid()]
+    found = []
+    for uid in uids:
+        directory = os.path.join(base, str(uid))
+        if os.path.islink(directory) or not os.path.isdir(directory):
+            problems.append(f"{directory}: not a directory (symlink?), skipped")
+            continue
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError as exc:
+            problems.append(f"{directory}: cannot list: {exc.strerror}")
+            continue
+        found.extend((uid, os.path.join(directory, e)) for e in entries if e.endswith(".cid"))
+    return found, problems
+
+
+def _states(cfg: Settings) -> dict[str, str]:
+    """Container ID -> podman state, with ONE podman call."""
+    podman, env = podman_engine(cfg)
+    proc = run([*podman, "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.State}}"], env=env)
+    states = {}
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1].lower()
+    return states
+
+
+def _status(cid: str, states: dict[str, str]) -> str:
+    for full, state in states.items():
+        if full.startswith(cid):
+            return "running" if state in ("running", "paused") else "stopped"
+    return "stopped"  # stale file: the container is gone
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    cfg = load_settings(args)
+    files, problems = _instance_files(cfg)
+    records: list[dict[str, Any]] = []
+    for uid, path in files:
+        name = os.path.basename(path)[: -len(".cid")]
+        try:
+            content = statedir.read_file(path) or ""
+        except (SecurityError, OSError) as exc:
+            problems.append(str(exc) if isinstance(exc, SecurityError) else f"{path}: {exc.strerror}")
+            continue
+        cid = content.splitlines()[0].strip() if content else ""
+        app = name.split("@", 1)[0]
+        config = flakeconf.config_path(cfg.flakes_dir, app)
+        image = None
+        flake = None
+        if os.path.isfile(config):
+            try:
+                flake = flakeconf.parse(app, config)
+                image = flake.image if isinstance(flake, flakeconf.PodmanFlake) else None
+            except FlakeError as exc:
+                problems.append(str(exc))
+        records.append(
+            {
+                "name": name,
+                "user": user_name(uid),
+                "id": cid or None,
+                "status": "unknown",
+                "image": image,
+                "config": config if flake else None,
+                "_known": image is not None and bool(cid),
+            }
+        )
+    code = 0
+    if any(r["_known"] for r in records):
+        try:
+            states = _states(cfg)
+        except FlakeError as exc:
+            problems.append(f"status unknown: {exc}")
+            code = exc.exit_code
+        else:
+            for r in records:
+                if r["_known"]:
+                    r["status"] = _status(r["id"], states)
+    emit(
+        records,
+        SHOW_COLUMNS,
+        args.format,
+        f"Flake podman instances in {cfg.podman_ids_dir}",
+        "No instance(s) found",
+    )
+    for line in problems:
+        sys.stderr.write(f"flake-ctl: {line}\n")
+    return code or (1 if problems else 0)

@@ -40,7 +40,7 @@ def _epilog() -> str:
     return f"exit codes:\n{codes}\n\nPILOT_DEBUG=1 (or --debug) shows engine command lines and tracebacks."
 
 
-def _add_podman(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_podman(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     podman = sub.add_parser(
         "podman",
         help="manage container flakes (podman)",
@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     if fc is not None and fc.get_default("func") is None:
         fc.set_defaults(func=_missing(fc))
 
+    from . import doctor
+
+    doctor.add_parser(sub)
+
     p = sub.add_parser("help", help="show help for a command", description="flake-ctl help [COMMAND ...]")
     p.add_argument("topic", nargs="*", help="command path, e.g. podman register")
     p.set_defaults(func=lambda args: _help(parser, args.topic))
@@ -217,6 +221,10 @@ def _help(parser: argparse.ArgumentParser, topic: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv))[:1] == ["__complete"]:  # hidden helper for completion
+        from ..completion import complete_main
+
+        return complete_main((sys.argv[1:] if argv is None else list(argv))[1:])
     try:
         args = build_parser().parse_args(argv)
         if args.debug:

@@ -1,19 +1,24 @@
 """The one subprocess wrapper: argv lists only, never a shell.
 
 Every engine command line goes through here so ``PILOT_DEBUG=1`` shows it before it runs.
+The launchers import this module on every call: heavy modules (subprocess, shutil, shlex)
+are imported only inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
-import subprocess
-from collections.abc import Mapping, Sequence
-from typing import NoReturn
 
 from . import debug
 from .errors import EngineError
+
+TYPE_CHECKING = False  # typing costs milliseconds at launch; mypy treats this name as True
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Mapping, Sequence
+    from typing import NoReturn
+
+DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
 
 
 def which(program: str) -> str:
@@ -22,10 +27,11 @@ def which(program: str) -> str:
         if os.access(program, os.X_OK):
             return program
         raise EngineError(f"{program}: not found or not executable")
-    found = shutil.which(program)
-    if not found:
-        raise EngineError(f"{program}: not found in PATH ({os.environ.get('PATH', '')})")
-    return found
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", program)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise EngineError(f"{program}: not found in PATH ({os.environ.get('PATH', '')})")
 
 
 def _env(overrides: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -43,12 +49,15 @@ def run(
     capture: bool = True,
     check: bool = True,
     timeout: float | None = None,
-    stdin: int | None = subprocess.DEVNULL,
+    stdin: int | None = DEVNULL,
     input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv; with *check*, a non-zero exit raises EngineError with the first stderr line."""
+    import subprocess
+
     argv = list(argv)
-    debug.log("+ " + shlex.join(argv))
+    if debug.enabled():
+        debug.log("+ " + _join(argv))
     try:
         proc = subprocess.run(
             argv,
@@ -63,9 +72,9 @@ def run(
     except FileNotFoundError as exc:
         raise EngineError(f"{argv[0]}: command not found") from exc
     except subprocess.TimeoutExpired as exc:
-        raise EngineError(f"{shlex.join(argv[:3])}...: no answer within {timeout:g} s") from exc
+        raise EngineError(f"{_join(argv[:3])}...: no answer within {timeout:g} s") from exc
     if check and proc.returncode != 0:
-        raise EngineError(f"{shlex.join(argv[:3])} failed: {first_line(proc.stderr)}", proc.returncode)
+        raise EngineError(f"{_join(argv[:3])} failed: {first_line(proc.stderr)}", proc.returncode)
     return proc
 
 
@@ -82,10 +91,32 @@ def first_line(data: bytes | None) -> str:
 def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> NoReturn:
     """Replace this process with argv: exit status, streams, signals and TTY stay native."""
     argv = list(argv)
-    debug.log("exec " + shlex.join(argv))
+    if debug.enabled():
+        debug.log("exec " + _join(argv))
     try:
         if env is None:
             os.execv(argv[0], argv)
         os.execve(argv[0], argv, dict(env))
+    except OSError as exc:
+        raise EngineError(f"{argv[0]}: cannot execute: {exc.strerror}") from exc
+
+
+def _join(argv: Sequence[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, new_session: bool = False) -> int:
+    """Start argv as a child sharing our stdio (posix_spawn, no shell); returns its pid.
+
+    *new_session*: the child gets its own session, so signals the terminal sends to our
+    process group (Ctrl-C, hang-up) reach only us and we decide where they go.
+    """
+    argv = list(argv)
+    if debug.enabled():
+        debug.log("spawn " + _join(argv))
+    try:
+        return os.posix_spawn(argv[0], argv, dict(env) if env is not None else os.environ, setsid=new_session)
     except OSError as exc:
         raise EngineError(f"{argv[0]}: cannot execute: {exc.strerror}") from exc

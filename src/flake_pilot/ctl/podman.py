@@ -262,7 +262,7 @@ def _instance_files(cfg: Settings) -> tuple[list[tuple[int, str]], list[str]]:
         return [], [f"{base}: cannot list: {exc.strerror}"]
     if cfg.user_mode:
         uids = [u for u in uids if u == os.getuid()]
-    found = []
+    found: list[tuple[int, str]] = []
     for uid in uids:
         directory = os.path.join(base, str(uid))
         if os.path.islink(directory) or not os.path.isdir(directory):

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Install flake-pilot like a distribution package (called by `make install`):
+#   scripts/install.sh DESTDIR PREFIX SYSCONFDIR        e.g.  "" /usr /etc
+# - the Python package into PREFIX/lib/flake-pilot (private dir, pip --target, no dependencies:
+#   PyYAML comes from the system, Debian: python3-yaml),
+# - one launcher per console script of pyproject.toml into PREFIX/bin (#!PYTHON -I),
+# - SYSCONFDIR/flakes.yml and SYSCONFDIR/flakes/{container-flake.yaml,firecracker-flake.yaml,storage.conf};
+#   existing configuration files are kept (the new one is written next to it as *.new).
+# DESTDIR is prepended to every path written (staging); PYTHON selects the interpreter.
+set -euo pipefail
+[ $# -eq 3 ] || { echo "usage: install.sh DESTDIR PREFIX SYSCONFDIR" >&2; exit 2; }
+DESTDIR=$1 PREFIX=$2 SYSCONFDIR=$3
+PYTHON=${PYTHON:-/usr/bin/python3}
+case "$PREFIX" in /*) ;; *) echo "install.sh: PREFIX must be absolute: $PREFIX" >&2; exit 2 ;; esac
+case "$SYSCONFDIR" in /*) ;; *) echo "install.sh: SYSCONFDIR must be absolute: $SYSCONFDIR" >&2; exit 2 ;; esac
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+DATA=$SRC/src/flake_pilot/data
+LIBDIR=$PREFIX/lib/flake-pilot
+"$PYTHON" -c 'import yaml' 2>/dev/null || echo "install.sh: warning: $PYTHON has no PyYAML (Debian: apt-get install python3-yaml)" >&2
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+# build from a copy so the checkout gets no build/ or egg-info
+mkdir -p "$WORK/src"
+cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$WORK/src/"
+cp -r "$SRC/src" "$WORK/src/src"
+find "$WORK/src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+"$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-compile --disable-pip-version-check \
+  --target "$WORK/lib" "$WORK/src" 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+[ -f "$WORK/lib/flake_pilot/__init__.py" ] || { echo "install.sh: building the package failed" >&2; exit 1; }
+rm -rf "$WORK/lib/bin"
+"$PYTHON" -m compileall -q -d "$LIBDIR" "$WORK/lib" >/dev/null
+
+# replace the private lib dir as a whole (a new version never mixes with an old one)
+install -d -m 755 "$DESTDIR$PREFIX/lib" "$DESTDIR$PREFIX/bin"
+rm -rf "$DESTDIR$LIBDIR.new"
+cp -r "$WORK/lib" "$DESTDIR$LIBDIR.new"
+chmod -R u=rwX,go=rX "$DESTDIR$LIBDIR.new"
+rm -rf "$DESTDIR$LIBDIR.old"
+[ -d "$DESTDIR$LIBDIR" ] && mv "$DESTDIR$LIBDIR" "$DESTDIR$LIBDIR.old"
+mv "$DESTDIR$LIBDIR.new" "$DESTDIR$LIBDIR"
+rm -rf "$DESTDIR$LIBDIR.old"
+
+# launchers from [project.scripts]: name = "module:function"
+"$PYTHON" - "$SRC/pyproject.toml" <<'PY' > "$WORK/scripts"
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    for name, target in tomllib.load(f)["project"]["scripts"].items():
+        print(name, target)
+PY
+while read -r name target; do
+  module=${target%%:*} func=${target##*:}
+  cat > "$WORK/$name" <<EOF
+#!$PYTHON -I
+import sys
+sys.path.insert(0, "$LIBDIR")
+from $module import $func
+sys.exit($func())
+EOF
+  install -m 755 "$WORK/$name" "$DESTDIR$PREFIX/bin/$name"
+done < "$WORK/scripts"
+
+# configuration: /etc paths in the shipped files follow SYSCONFDIR
+conf() {  # $1 = data file, $2 = destination, $3 = keep (1: configuration, never overwritten)
+  sed "s|/etc/flakes/|$SYSCONFDIR/flakes/|g" "$DATA/$1" > "$WORK/conf"
+  if [ "$3" = 1 ] && [ -e "$2" ] && ! cmp -s "$WORK/conf" "$2"; then
+    install -m 644 "$WORK/conf" "$2.new"
+    echo "install.sh: kept $2, new version in $2.new" >&2
+  else
+    install -m 644 "$WORK/conf" "$2"
+  fi
+}
+install -d -m 755 "$DESTDIR$SYSCONFDIR/flakes"
+conf flakes.yml "$DESTDIR$SYSCONFDIR/flakes.yml" 1
+conf storage.conf "$DESTDIR$SYSCONFDIR/flakes/storage.conf" 1
+conf container-flake.yaml "$DESTDIR$SYSCONFDIR/flakes/container-flake.yaml" 0
+conf firecracker-flake.yaml "$DESTDIR$SYSCONFDIR/flakes/firecracker-flake.yaml" 0
+echo "installed flake-pilot into $DESTDIR$PREFIX (programs in $PREFIX/bin, config in $SYSCONFDIR)"

@@ -91,8 +91,9 @@ def tree(parser: argparse.ArgumentParser, path: tuple[str, ...] = (), help_text:
             continue
         takes_value = action.nargs != 0
         choices = [str(c) for c in action.choices] if action.choices else []
-        node.options.append(Option(list(action.option_strings), _one_line(action.help), takes_value, choices,
-                                   _kind(action)))
+        node.options.append(
+            Option(list(action.option_strings), _one_line(action.help), takes_value, choices, _kind(action))
+        )
     return node
 
 
@@ -415,8 +416,12 @@ def _containers() -> list[str]:
             if not os.path.exists(storage):
                 continue
             env["CONTAINERS_STORAGE_CONF"] = storage
-        proc = runner.run([getattr(cfg, "podman_binary", "podman"), "images", "--format",
-                           "{{.Repository}}:{{.Tag}}"], env=env, check=False, timeout=10)
+        proc = runner.run(
+            [getattr(cfg, "podman_binary", "podman"), "images", "--format", "{{.Repository}}:{{.Tag}}"],
+            env=env,
+            check=False,
+            timeout=10,
+        )
         if proc.returncode == 0:
             found.update(ln for ln in proc.stdout.decode().split() if ln and "<none>" not in ln)
     return sorted(found)

@@ -1,0 +1,182 @@
+"""VM instances and their state files in the caller's private dir ``<firecracker_ids_dir>/<uid>/``.
+
+Per instance ``<meta>`` (``app`` or ``app@name``):
+
+    <meta>.vmid        the firecracker PID (flake-ctl firecracker show reads it)
+    <meta>.lock        flock: held while an instance is created, and for a one-shot VM's whole life
+    sci_cmd_<meta>.sock   Firecracker's vsock UDS (+ ``_<port>`` listeners)
+    <meta>.fc.log      firecracker's log and stderr
+    <meta>.ext2        resume overlay (persistent write layer), <meta>.run.ext2 one-shot overlay
+    <meta>.tap         the TAP device this launcher created (removed with the instance)
+
+An instance is running iff its PID's /proc/<pid>/comm is ``firecracker``, the process is the
+caller's and its command line carries this instance's ``--id`` (so a reused PID is never taken
+for our VM). Anything else is stale and is reaped (files, one-shot overlay, our TAP device).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob
+import hashlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from .. import statedir
+
+
+@dataclass(frozen=True)
+class InstancePaths:
+    state_dir: str
+    meta: str
+
+    def _p(self, name: str) -> str:
+        return statedir.check_name(self.state_dir, name)
+
+    @property
+    def vmid(self) -> str:
+        return self._p(self.meta + ".vmid")
+
+    @property
+    def lock(self) -> str:
+        return self._p(self.meta + ".lock")
+
+    @property
+    def sock(self) -> str:
+        return self._p(f"sci_cmd_{self.meta}.sock")
+
+    @property
+    def log(self) -> str:
+        return self._p(self.meta + ".fc.log")
+
+    @property
+    def tap_record(self) -> str:
+        return self._p(self.meta + ".tap")
+
+    def overlay(self, resume: bool) -> str:
+        return self._p(self.meta + (".ext2" if resume else ".run.ext2"))
+
+    @property
+    def fc_id(self) -> str:
+        """Firecracker's ``--id`` (alphanumeric and '-'): unique per state dir and instance."""
+        digest = hashlib.sha256(f"{self.state_dir}\0{self.meta}".encode()).hexdigest()[:20]
+        return f"flake-{digest}"
+
+
+def read_pid(paths: InstancePaths) -> int | None:
+    text = statedir.read_file(paths.vmid)
+    if text is None:
+        return None
+    try:
+        pid = int(text)
+    except ValueError:
+        return 0  # garbage or a placeholder: not running
+    return pid if pid > 0 else 0
+
+
+def is_vm(pid: int, fc_id: str) -> bool:
+    """True iff *pid* is a firecracker process of the caller started for instance *fc_id*."""
+    if pid <= 0:
+        return False
+    proc = f"/proc/{pid}"
+    try:
+        with open(f"{proc}/comm", "rb") as handle:
+            if handle.read().strip() != b"firecracker":
+                return False
+        if os.stat(proc).st_uid != os.getuid():
+            return False
+        with open(f"{proc}/cmdline", "rb") as handle:
+            return fc_id.encode() in handle.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def running_pid(paths: InstancePaths) -> int | None:
+    """The PID of this instance's live VM, or None."""
+    pid = read_pid(paths)
+    if pid and is_vm(pid, paths.fc_id):
+        return pid
+    return None
+
+
+def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
+    """Remove an instance's runtime files (and its one-shot overlay, TAP device if ours)."""
+    from . import tap
+
+    dev = statedir.read_file(paths.tap_record)
+    if dev:
+        tap.remove(dev)
+    listeners = glob.glob(glob.escape(paths.sock) + "_*")
+    for path in (paths.vmid, paths.sock, paths.tap_record, paths.log, *listeners):
+        statedir.remove_file(path)
+    statedir.remove_file(paths.overlay(resume=False))
+    if overlay:
+        statedir.remove_file(paths.overlay(resume=True))
+
+
+def try_lock(path: str) -> int | None:
+    """A non-blocking exclusive flock on *path*: the fd, or None when someone holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
+
+
+def lock(path: str) -> int:
+    """A blocking exclusive flock on *path* (released when the fd is closed or we die)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def gc(state_dir: str) -> list[str]:
+    """Reap every stale instance in *state_dir* whose lock is free; returns the reaped names."""
+    reaped = []
+    for vmid in glob.glob(os.path.join(glob.escape(state_dir), "*.vmid")):
+        meta = os.path.basename(vmid)[: -len(".vmid")]
+        paths = InstancePaths(state_dir, meta)
+        if os.path.islink(vmid):
+            statedir.remove_file(vmid)
+            continue
+        fd = try_lock(paths.lock)
+        if fd is None:
+            continue  # being created or a one-shot VM in use
+        try:
+            if running_pid(paths) is None:
+                remove_files(paths, overlay=False)
+                reaped.append(meta)
+        finally:
+            os.close(fd)
+    return reaped
+
+
+def kill(pid: int, fc_id: str, grace: float = 1.0) -> None:
+    """Stop a VM: SIGTERM, then SIGKILL after *grace* seconds (polled, no fixed sleep)."""
+    if not is_vm(pid, fc_id):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not is_vm(pid, fc_id) or _zombie(pid):
+                return
+            time.sleep(0.005)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True

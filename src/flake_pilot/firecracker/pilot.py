@@ -1,0 +1,347 @@
+"""firecracker-pilot: run a registered app in a Firecracker microVM as if it were native.
+
+``/usr/bin/<app>`` is a symlink to this launcher; the app name is ``basename(argv[0])``.
+Caller arguments: ``@NAME`` (instance names, all joined: ``app@a@b``), ``%port:N`` (guest vsock
+port of sci), ``%progress`` (spinner while the guest boots); other ``%x`` are ignored; the rest
+goes to the program verbatim.
+
+Modes (from the registration):
+  one-shot, serial console   firecracker runs in the foreground, the console is the program's
+                             output (fallback for images without our sci: no exit status, no
+                             separate stderr)
+  one-shot, force_vsock      the VM boots in the background, the session runs over vsock,
+                             the VM is killed when the program ends
+  resume                     the VM is kept (own session, survives the caller), every call is
+                             a new session over vsock; concurrent first calls boot exactly one VM
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
+
+from .. import debug
+from ..errors import LAUNCHER_EXIT, ConflictError, EngineError, FlakeError, UsageError
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable
+    from socket import socket
+
+    from ..flakeconf import VmFlake
+    from .instances import InstancePaths
+
+DEFAULT_PORT = 52  # sci's session port in the guest
+BOOT_TIMEOUT = float(os.environ.get("PILOT_BOOT_TIMEOUT", "60"))  # seconds until the guest must answer
+
+
+@dataclass(frozen=True)
+class CallArgs:
+    meta: str
+    args: list[str]
+    port: int
+    progress: bool
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGHUP/SIGINT while the launcher works: unwind, clean up, exit 128+N."""
+
+    def __init__(self, signo: int) -> None:
+        super().__init__(signo)
+        self.signo = signo
+
+
+def parse_args(app: str, argv: list[str]) -> CallArgs:
+    from ..names import instance_name
+
+    names: list[str] = []
+    args: list[str] = []
+    port, progress = DEFAULT_PORT, False
+    for arg in argv:
+        if arg.startswith("@"):
+            names.append(instance_name(arg[1:]))
+        elif arg.startswith("%"):
+            key, _, value = arg[1:].rpartition(":") if ":" in arg else (arg[1:], "", "")
+            if key == "port":
+                if not value.isdigit() or not 0 < int(value) < 2**32:
+                    raise UsageError(f"%port:{value}: expected a vsock port number")
+                port = int(value)
+            elif key == "progress":
+                progress = True
+        else:
+            args.append(arg)
+    meta = "@".join([app, *names])
+    if len(meta) > 255 - len("sci_cmd_.sock_4294967295"):
+        raise UsageError(f"instance name {meta!r} is too long")
+    return CallArgs(meta, args, port, progress)
+
+
+def _raise_interrupted(signo: int, _frame: object) -> None:
+    raise Interrupted(signo)
+
+
+def _pdeathsig(parent: int) -> Callable[[], None]:
+    """For the firecracker child: die with the launcher, even if it is SIGKILLed."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def child() -> None:
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(1)
+
+    return child
+
+
+def spawn(flake: VmFlake, paths: InstancePaths, doc: dict[str, object], *, serial: bool,
+          keep: bool, binary: str) -> subprocess.Popen[bytes]:
+    """Start firecracker with *doc* through a pipe; record its PID in the instance file."""
+    import json
+    import subprocess
+
+    from .. import statedir
+    from ..runner import which
+
+    fc = which(binary)
+    data = json.dumps(doc).encode()
+    debug.log(f"vm definition: {data.decode()}")
+    r, w = os.pipe()
+    try:
+        os.write(w, data)  # ~1 KiB: fits the pipe buffer, firecracker reads it at start
+    finally:
+        os.close(w)
+    statedir.remove_file(paths.sock)  # firecracker refuses an existing UDS path
+    log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    argv = [fc, "--no-api", "--id", paths.fc_id, "--config-file", f"/dev/fd/{r}",
+            "--log-path", paths.log, "--level", "Warning"]
+    debug.log("+ " + " ".join(argv))
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=None if serial else subprocess.DEVNULL,
+            stdout=None if serial else subprocess.DEVNULL,
+            stderr=log_fd,
+            pass_fds=(r,),
+            start_new_session=keep,  # a resume VM outlives the caller's terminal session
+            preexec_fn=None if keep else _pdeathsig(os.getpid()),  # single-threaded launcher
+        )
+    except OSError as exc:
+        raise EngineError(f"{fc}: cannot start: {exc.strerror}") from exc
+    finally:
+        os.close(r)
+        os.close(log_fd)
+    statedir.write_file(paths.vmid, str(proc.pid))
+    debug.log(f"started firecracker pid {proc.pid} for {paths.meta}")
+    return proc
+
+
+def log_reason(paths: InstancePaths) -> str:
+    """The telling line of firecracker's log, for error messages."""
+    try:
+        with open(paths.log, "rb") as handle:
+            lines = handle.read()[-8192:].decode(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if "rror" in line:
+            return line.split("] ", 1)[-1].strip()[:300]
+    return lines[-1][:300] if lines else "no log output"
+
+
+def prepare(flake: VmFlake, paths: InstancePaths, uid: int, resume: bool) -> tuple[str | None, str | None]:
+    """Overlay and TAP device for a new VM: (overlay path, tap name)."""
+    from .. import statedir
+    from . import overlay, tap, vmdef
+
+    ov = None
+    if flake.firecracker.overlay_size:
+        from ..sizes import parse_size
+
+        ov = paths.overlay(resume)
+        if not (resume and overlay.usable(ov)):
+            overlay.create(ov, parse_size(flake.firecracker.overlay_size), flake.include, flake.config_file)
+    dev = None
+    if vmdef.wants_network(flake):
+        dev = tap.name(paths.meta)
+        if tap.ensure(dev, uid):
+            statedir.write_file(paths.tap_record, dev)
+    return ov, dev
+
+
+def build(flake: VmFlake, paths: InstancePaths, call: CallArgs, ov: str | None, dev: str | None,
+          uid: int) -> dict[str, object]:
+    from ..protocol import terminal_size
+    from . import vmdef
+
+    inst = vmdef.Instance(call.meta, paths.sock, ov, dev, vmdef.guest_mac(uid, call.meta))
+    cmdline = vmdef.boot_args(flake, call.args, overlay=ov is not None, debug=debug.enabled(),
+                              term=os.environ.get("TERM"), winsize=terminal_size(0))
+    return vmdef.config(flake, inst, cmdline)
+
+
+def connect(paths: InstancePaths, pid: int, port: int, progress: bool) -> socket:
+    """Wait for sci to answer on vsock *port* while the VM is alive; the connected socket."""
+    import time
+
+    from ..protocol import ProtocolError, connect_firecracker_vsock
+    from .instances import is_vm
+
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    spin = None
+    if progress:
+        from ..progress import spinner
+
+        spin = spinner(f"starting {paths.meta}")
+        spin.__enter__()
+    try:
+        while True:
+            try:
+                return connect_firecracker_vsock(paths.sock, port, timeout=0.5)
+            except ProtocolError as exc:
+                if not is_vm(pid, paths.fc_id):
+                    reason = log_reason(paths)
+                    raise EngineError(f"VM {paths.meta} ended before its guest answered: {reason}") from exc
+                if time.monotonic() >= deadline:
+                    raise EngineError(
+                        f"VM {paths.meta}: no answer from sci on vsock port {port} within {BOOT_TIMEOUT:g} s "
+                        f"(socket {paths.sock}; does the image run sci with run=vsock?)"
+                    ) from exc
+    finally:
+        if spin is not None:
+            spin.__exit__(None, None, None)
+
+
+def session(flake: VmFlake, call: CallArgs, sock: socket) -> int:
+    from ..protocol import Request, run_session, terminal_size
+
+    tty = os.isatty(0)
+    rows, cols = terminal_size(0) if tty else (0, 0)
+    env = {"TERM": os.environ["TERM"]} if tty and os.environ.get("TERM") else {}
+    req = Request([flake.target_app_path, *call.args], env=env, tty=tty, rows=rows, cols=cols)
+    try:
+        return run_session(sock, req, 0, 1, 2)
+    finally:
+        sock.close()
+
+
+def run_oneshot(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
+    from . import instances
+
+    lock_fd = instances.try_lock(paths.lock)
+    if lock_fd is None:
+        raise ConflictError(f"instance {call.meta} is in use by another call; start another one with @NAME")
+    proc = None
+    try:
+        pid = instances.running_pid(paths)
+        if pid:
+            raise ConflictError(f"instance {call.meta} is running as a VM (pid {pid}); use @NAME or stop it")
+        instances.remove_files(paths, overlay=False)
+        ov, dev = prepare(flake, paths, uid, resume=False)
+        serial = not flake.force_vsock
+        doc = build(flake, paths, call, ov, dev, uid)
+        proc = spawn(flake, paths, doc, serial=serial, keep=False, binary=binary)
+        if serial:
+            code = _wait_serial(proc)
+            if code > 0 and code < 128:
+                raise EngineError(f"firecracker exited with {code}: {log_reason(paths)}")
+            return code
+        return session(flake, call, connect(paths, proc.pid, call.port, call.progress))
+    finally:
+        if proc is not None:
+            instances.kill(proc.pid, paths.fc_id, grace=0.2)
+            proc.wait()
+        instances.remove_files(paths, overlay=False)
+        os.close(lock_fd)
+
+
+def _wait_serial(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for the foreground VM; terminal signals reach firecracker directly."""
+    def forward(signo: int, _frame: object) -> None:
+        proc.send_signal(signo)
+
+    for signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signo, forward)
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
+def run_resume(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
+    from . import instances
+
+    lock_fd = instances.lock(paths.lock)
+    started = False
+    try:
+        pid = instances.running_pid(paths)
+        if pid is None:
+            instances.remove_files(paths, overlay=False)
+            ov, dev = prepare(flake, paths, uid, resume=True)
+            proc = spawn(flake, paths, build(flake, paths, call, ov, dev, uid), serial=False, keep=True,
+                         binary=binary)
+            proc.returncode = 0  # detached: never waited for here, no ResourceWarning
+            pid, started = proc.pid, True
+        else:
+            debug.log(f"reusing VM pid {pid} for {call.meta}")
+    finally:
+        os.close(lock_fd)  # not held across sessions: concurrent calls share the VM
+    try:
+        sock = connect(paths, pid, call.port, call.progress)
+    except BaseException:
+        if started:  # the VM we booted never answered: do not leave a broken VM behind
+            with_lock = instances.try_lock(paths.lock)
+            if with_lock is not None:
+                instances.kill(pid, paths.fc_id, grace=0.2)
+                instances.remove_files(paths, overlay=False)
+                os.close(with_lock)
+        raise
+    return session(flake, call, sock)
+
+
+def launch(app: str, argv: list[str]) -> int:
+    from .. import flakeconf, settings, statedir
+    from ..flakeconf import VmFlake
+    from . import instances
+
+    call = parse_args(app, argv)
+    flake, user_mode = flakeconf.find(app)
+    if not isinstance(flake, VmFlake):
+        raise UsageError(f"{flake.config_file}: {app} is a {flake.engine} flake, not a Firecracker VM")
+    cfg = settings.load(user_mode)
+    state_dir = statedir.private_dir(cfg.firecracker_ids_dir)
+    uid = os.getuid()
+    paths = instances.InstancePaths(state_dir, call.meta)
+    reaped = instances.gc(state_dir)
+    if reaped:
+        debug.log(f"reaped stale instances: {', '.join(reaped)}")
+    if flake.resume:
+        return run_resume(flake, call, paths, uid, cfg.firecracker_binary)
+    return run_oneshot(flake, call, paths, uid, cfg.firecracker_binary)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    argv = list(sys.argv if argv is None else argv)
+    app = os.path.basename(argv[0]) if argv else "firecracker-pilot"
+    for signo in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signo, _raise_interrupted)
+    try:
+        if app in ("firecracker-pilot", "") or app.endswith(".py"):
+            raise UsageError("firecracker-pilot is started through an app symlink registered with "
+                             "`flake-ctl firecracker register`")
+        from ..names import app_name
+
+        code = launch(app_name(app), argv[1:])
+    except FlakeError as exc:
+        if debug.enabled():
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"{app}: {exc}\n")
+        code = LAUNCHER_EXIT
+    except Interrupted as exc:
+        code = 128 + exc.signo
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

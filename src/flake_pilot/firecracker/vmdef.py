@@ -1,0 +1,138 @@
+"""The VM definition: a registered VmFlake plus one instance -> Firecracker's config-file JSON.
+
+Pure functions (no I/O) so the exact document Firecracker gets is unit-testable; the pilot
+passes it through a pipe (``--no-api --config-file /dev/fd/N``), no temporary file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, UsageError
+from ..flakeconf import VmFlake
+
+CMDLINE_MAX = 2048  # Firecracker's x86-64 kernel command line limit (bytes, incl. what it appends)
+GUEST_CID = 3
+_TERM_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.+")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """How the program talks to the caller: over vsock (our sci) or on the serial console."""
+
+    vsock: bool  # False: serial console fallback, the run= command goes on the kernel cmdline
+    resume: bool
+
+
+@dataclass(frozen=True)
+class Instance:
+    """Where one VM instance's per-instance resources live (all in the private state dir)."""
+
+    meta: str  # app[@name]: the instance name
+    vsock_uds: str
+    overlay: str | None  # per-instance write layer, None: read-only instance
+    tap: str | None  # host TAP device, None: no network
+    mac: str
+
+
+def channel(flake: VmFlake) -> Channel:
+    return Channel(vsock=flake.resume or flake.force_vsock, resume=flake.resume)
+
+
+def wants_network(flake: VmFlake) -> bool:
+    """Networking is on iff the boot args configure it (``ip=...``); otherwise no NIC at all."""
+    return any(arg.startswith("ip=") for arg in flake.firecracker.boot_args)
+
+
+def guest_mac(uid: int, meta: str) -> str:
+    """A stable, locally administered unicast MAC, distinct per user and instance."""
+    digest = hashlib.sha256(f"{uid}:{meta}".encode()).digest()
+    return "AA:FC:" + ":".join(f"{b:02X}" for b in digest[:4])
+
+
+def run_command(flake: VmFlake, args: list[str]) -> str:
+    """The serial-mode command for sci's ``run=``: shell words, double-quoted on the cmdline."""
+    words = [flake.target_app_path, *args]
+    for word in words:
+        if '"' in word or any(ord(c) < 32 or ord(c) == 127 for c in word):
+            raise UsageError(
+                f"{flake.app}: argument {word!r} cannot travel on the serial console's kernel command line "
+                "(no '\"' or control characters); register the flake with force_vsock"
+            )
+    return shlex.join(words)
+
+
+def boot_args(
+    flake: VmFlake,
+    args: list[str],
+    *,
+    overlay: bool,
+    debug: bool = False,
+    term: str | None = None,
+    winsize: tuple[int, int] | None = None,
+) -> str:
+    """The kernel command line: registration boot args plus what sci needs for this call."""
+    chan = channel(flake)
+    out: list[str] = []
+    if debug:
+        out.append("PILOT_DEBUG=1")
+    if overlay:
+        out.append("overlay_root=/dev/vdb")
+    if term and len(term) <= 32 and set(term) <= _TERM_OK:
+        out.append(f"sci_term={term}")
+    if winsize and winsize[0] > 0 and winsize[1] > 0:
+        out += [f"sci_lines={winsize[0]}", f"sci_columns={winsize[1]}"]
+    for arg in flake.firecracker.boot_args:
+        if chan.vsock and not debug and arg.startswith("console="):
+            arg = "console="  # the serial console is not the app's terminal: keep boot quiet and fast
+        out.append(arg)
+    # Host and guest modes must agree: the original relied on registration writing these.
+    if chan.resume and "sci_resume=1" not in out:
+        out.append("sci_resume=1")
+    if flake.force_vsock and not chan.resume and "sci_force_vsock=1" not in out:
+        out.append("sci_force_vsock=1")
+    if not chan.vsock and not debug:
+        # serial mode: the console is the app's output, so kernel messages must stay off it
+        if "quiet" not in out:
+            out.append("quiet")
+        if not any(a.startswith("loglevel=") for a in out):
+            out.append("loglevel=0")
+    out.append("run=vsock" if chan.vsock else f'run="{run_command(flake, args)}"')
+    cmdline = " ".join(out)
+    if len(cmdline.encode()) > CMDLINE_MAX - 128:  # Firecracker appends root=/dev/vda ro virtio_mmio...
+        raise UsageError(
+            f"{flake.app}: kernel command line is {len(cmdline)} bytes, more than the "
+            f"{CMDLINE_MAX - 128} that fit; pass long arguments over vsock (force_vsock)"
+        )
+    return cmdline
+
+
+def config(flake: VmFlake, inst: Instance, cmdline: str) -> dict[str, Any]:
+    """Firecracker's config-file document (``--no-api --config-file``)."""
+    fc = flake.firecracker
+    for key, value in (("kernel_image_path", fc.kernel_image_path),
+                       ("rootfs_image_path", fc.rootfs_image_path)):
+        if not value:
+            raise ConfigError(f"{flake.config_file}: key 'vm.runtime.firecracker.{key}' is missing")
+    boot: dict[str, Any] = {"kernel_image_path": fc.kernel_image_path, "boot_args": cmdline}
+    if fc.initrd_path:
+        boot["initrd_path"] = fc.initrd_path
+    drives: list[dict[str, Any]] = [
+        {"drive_id": "rootfs", "path_on_host": fc.rootfs_image_path, "is_root_device": True,
+         "is_read_only": True, "cache_type": "Writeback"},
+    ]
+    if inst.overlay:
+        drives.append({"drive_id": "overlay", "path_on_host": inst.overlay, "is_root_device": False,
+                       "is_read_only": False, "cache_type": fc.cache_type})
+    doc: dict[str, Any] = {
+        "boot-source": boot,
+        "drives": drives,
+        "machine-config": {"vcpu_count": fc.vcpu_count, "mem_size_mib": fc.mem_size_mib},
+    }
+    if inst.tap:
+        doc["network-interfaces"] = [{"iface_id": "eth0", "guest_mac": inst.mac, "host_dev_name": inst.tap}]
+    doc["vsock"] = {"guest_cid": GUEST_CID, "uds_path": inst.vsock_uds}
+    return doc

@@ -210,8 +210,9 @@ def list_entries(podman_argv: list[str], env: dict[str, str]) -> list[dict[str, 
         labels = img.get("Labels") or {}
         tags = [n for n in img.get("Names") or [] if n.startswith(PREFIX)]
         entries.append({"app": labels.get(LABEL_APP, ""), "tag": tags[0] if tags else "",
-                        "id": img.get("Id", ""), "inputs": labels.get(LABEL_INPUTS, ""), "size": img.get("Size", 0),
-                        "created": img.get("Created", 0), "containers": img.get("Containers", 0)})
+                        "id": img.get("Id", ""), "inputs": labels.get(LABEL_INPUTS, ""),
+                        "size": img.get("Size", 0), "created": img.get("Created", 0),
+                        "containers": img.get("Containers", 0)})
     return entries
 
 

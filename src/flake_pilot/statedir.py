@@ -10,8 +10,6 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from .errors import SecurityError
 
@@ -94,12 +92,20 @@ def remove_file(path: str) -> None:
         pass
 
 
-@contextmanager
-def locked(path: str, shared: bool = False) -> Iterator[int]:
-    """An flock held for the duration of the block (released on exit or process death)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield fd
-    finally:
-        os.close(fd)
+class locked:  # noqa: N801 - used like a function; a class avoids importing contextlib at launch
+    """An flock held for the duration of a ``with`` block (released on exit or process death)."""
+
+    def __init__(self, path: str, shared: bool = False) -> None:
+        self.path, self.shared, self.fd = path, shared, -1
+
+    def __enter__(self) -> int:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)

@@ -278,14 +278,19 @@ def _instance_files(cfg: Settings) -> tuple[list[tuple[int, str]], list[str]]:
 
 
 def _states(cfg: Settings) -> dict[str, str]:
-    """Container ID -> podman state, with ONE podman call."""
+    """Container ID -> podman state, with ONE podman call (JSON: stable across podman versions)."""
+    import json
+
     podman, env = podman_engine(cfg)
-    proc = run([*podman, "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.State}}"], env=env)
-    states = {}
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            states[parts[0]] = parts[1].lower()
+    proc = run([*podman, "ps", "-a", "--no-trunc", "--format", "json"], env=env)
+    try:
+        listed = json.loads(proc.stdout or b"[]")
+    except ValueError as exc:
+        raise EngineError(f"podman ps: unreadable output: {exc}") from exc
+    states: dict[str, str] = {}
+    for item in listed if isinstance(listed, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("Id"), str):
+            states[item["Id"]] = str(item.get("State", "")).lower()
     return states
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from conftest import BIN, STATE, Prefix, make_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +88,9 @@ class VmPrefix:
         return link
 
     def popen(self, app: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(self.prefix.bin_dir / app), *args], env={**self.prefix.env, **(env or {})},
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        return subprocess.Popen([str(self.prefix.bin_dir / app), *args],
+                                env={**self.prefix.env, **(env or {})}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
 
     def files(self) -> set[str]:
@@ -99,7 +101,8 @@ class VmPrefix:
 
 
 @pytest.fixture
-def vm_prefix(tmp_path: Path, kvm: None, firecracker_bin: Path, tiny_guest: dict[str, Path]) -> Iterator[VmPrefix]:
+def vm_prefix(tmp_path: Path, kvm: None, firecracker_bin: Path,
+              tiny_guest: dict[str, Path]) -> Iterator[VmPrefix]:
     p = make_prefix(tmp_path / "prefix", tmp_path / "no-podman-storage")
     with p.config.open("a") as f:
         f.write(f"  firecracker_binary: {firecracker_bin}\n")

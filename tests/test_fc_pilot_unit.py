@@ -43,7 +43,8 @@ def test_tap_name_short_names_kept() -> None:
 
 
 def test_tap_name_long_names_shortened_uniquely() -> None:
-    names = {m: tap.name(m) for m in ("abcdefghijkl", "abcdefghijkl@1", "abcdefghijkl@2", "python3-tools@work")}
+    metas = ("abcdefghijkl", "abcdefghijkl@1", "abcdefghijkl@2", "python3-tools@work")
+    names = {m: tap.name(m) for m in metas}
     assert all(len(n) <= 15 and n.startswith("tap-") for n in names.values())
     assert len(set(names.values())) == len(names)
     assert tap.name("abcdefghijkl@1") == names["abcdefghijkl@1"]  # stable
@@ -105,8 +106,8 @@ def test_config_overlay_initrd_network() -> None:
     f = flake(initrd_path="/img/initrd", cache_type="Unsafe", overlay_size="1GiB")
     doc = vmdef.config(f, inst(overlay="/s/mybash.ext2", tap="tap-mybash"), "x")
     assert doc["boot-source"]["initrd_path"] == "/img/initrd"
-    assert doc["drives"][1] == {"drive_id": "overlay", "path_on_host": "/s/mybash.ext2", "is_root_device": False,
-                                "is_read_only": False, "cache_type": "Unsafe"}
+    assert doc["drives"][1] == {"drive_id": "overlay", "path_on_host": "/s/mybash.ext2",
+                                "is_root_device": False, "is_read_only": False, "cache_type": "Unsafe"}
     (nic,) = doc["network-interfaces"]
     assert nic["host_dev_name"] == "tap-mybash" and nic["iface_id"] == "eth0"
     assert nic["guest_mac"] == vmdef.guest_mac(0, "mybash")
@@ -209,7 +210,8 @@ def test_overlay_sparse_with_includes(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("o.ext2.")] == []  # no leftovers
 
     def cat(path: str) -> str:
-        return subprocess.run(["debugfs", "-R", f"cat {path}", str(img)], capture_output=True, text=True).stdout
+        cmd = ["debugfs", "-R", f"cat {path}", str(img)]
+        return subprocess.run(cmd, capture_output=True, text=True).stdout
 
     assert cat("/rootfs_upper/etc/from-tar") == "from-tar\n"
     assert cat(f"/rootfs_upper{src}/sub/f.txt") == "from-path\n"

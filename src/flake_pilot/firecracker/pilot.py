@@ -115,7 +115,9 @@ def spawn(flake: VmFlake, paths: InstancePaths, doc: dict[str, object], *, seria
     finally:
         os.close(w)
     statedir.remove_file(paths.sock)  # firecracker refuses an existing UDS path
-    log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    # O_APPEND: firecracker writes its own log to the same file
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    log_fd = os.open(paths.log, flags, 0o600)
     argv = [fc, "--no-api", "--id", paths.fc_id, "--config-file", f"/dev/fd/{r}",
             "--log-path", paths.log, "--level", "Warning"]
     debug.log("+ " + " ".join(argv))
@@ -146,10 +148,11 @@ def log_reason(paths: InstancePaths) -> str:
             lines = handle.read()[-8192:].decode(errors="replace").splitlines()
     except OSError:
         return "no log"
-    for line in reversed(lines):
-        if "rror" in line:
-            return line.split("] ", 1)[-1].strip()[:300]
-    return lines[-1][:300] if lines else "no log output"
+    for line in lines:
+        if "rror" in line and "exiting with error" not in line:
+            # "RunWithoutApiError error: Failed to build ...: ... failed: <the cause>"
+            return line.split("] ", 1)[-1].rsplit("failed: ", 1)[-1].strip()[:300]
+    return lines[-1].split("] ", 1)[-1][:300] if lines else "no log output"
 
 
 def prepare(flake: VmFlake, paths: InstancePaths, uid: int, resume: bool) -> tuple[str | None, str | None]:
@@ -339,6 +342,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
             traceback.print_exc()
         sys.stderr.write(f"{app}: {exc}\n")
+        code = LAUNCHER_EXIT
+    except OSError as exc:  # a state or image file the launcher could not use
+        if debug.enabled():
+            import traceback
+
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"{app}: {where}{exc.strerror or exc}\n")
         code = LAUNCHER_EXIT
     except Interrupted as exc:
         code = 128 + exc.signo

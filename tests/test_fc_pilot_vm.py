@@ -1,0 +1,238 @@
+"""firecracker-pilot with the REAL Firecracker binary and the tiny bare-metal guest.
+
+The guest prints a greeting and the kernel command line it got on the serial port, so the
+generated VM definition is proven accepted (boot args, one virtio device per drive/NIC/vsock).
+A Linux guest with sci cannot boot here (KVM is PVM), so sessions over vsock are covered by
+tests/test_fc_pilot_session.py and scripts/vm-e2e.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from firecracker_fixtures import VmPrefix, alive, wait_for
+
+pytest_plugins = ["firecracker_fixtures"]
+
+
+def virtio_devices(cmdline: str) -> int:
+    return cmdline.count("virtio_mmio.device=")
+
+
+def cmdline_of(stdout: str) -> str:
+    lines = [ln for ln in stdout.replace("\r", "").splitlines() if ln.startswith("CMDLINE:")]
+    assert lines, f"no CMDLINE line in {stdout!r}"
+    return lines[0][len("CMDLINE:"):]
+
+
+def running_vm(vp: VmPrefix, meta: str) -> int:
+    """Wait for the instance file of *meta* to name a live firecracker process; its PID."""
+    vmid = vp.state / f"{meta}.vmid"
+
+    def pid() -> int | None:
+        try:
+            value = int(vmid.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            return value if Path(f"/proc/{value}/comm").read_text().strip() == "firecracker" else None
+        except OSError:
+            return None
+
+    return int(wait_for(pid, what=f"{vmid} to name a running firecracker"))  # type: ignore[arg-type]
+
+
+def test_serial_one_shot_boots_and_cleans_up(vm_prefix: VmPrefix) -> None:
+    vm_prefix.register("hello", overlay_size="32MiB")
+    res = vm_prefix.prefix.app("hello", "-c", "ls -l /", "@work", timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "HELLO-FROM-TINY-GUEST" in res.stdout
+    cmd = cmdline_of(res.stdout)
+    assert """run="/bin/hello -c 'ls -l /'\"""" in cmd
+    assert "overlay_root=/dev/vdb" in cmd and "quiet" in cmd.split() and "loglevel=0" in cmd.split()
+    assert virtio_devices(cmd) == 3  # rootfs, overlay, vsock
+    assert res.stderr == ""  # firecracker's own log never reaches the caller
+    assert vm_prefix.files() == set()  # instance file, overlay, socket, log: all gone
+
+
+def test_read_only_instance_without_overlay(vm_prefix: VmPrefix) -> None:
+    vm_prefix.register("ro")
+    res = vm_prefix.prefix.app("ro", timeout=30)
+    assert res.returncode == 0, res.stderr
+    cmd = cmdline_of(res.stdout)
+    assert virtio_devices(cmd) == 2 and "overlay_root" not in cmd  # rootfs (read-only) + vsock
+
+
+def test_instance_files_while_running_and_sigkill_kills_vm(vm_prefix: VmPrefix) -> None:
+    vm_prefix.register("hang", guest="hang", overlay_size="16MiB")
+    launcher = vm_prefix.popen("hang", "@one")
+    try:
+        pid = running_vm(vm_prefix, "hang@one")
+        files = vm_prefix.files()
+        assert {"hang@one.vmid", "hang@one.run.ext2", "sci_cmd_hang@one.sock", "hang@one.fc.log"} <= files
+        assert (vm_prefix.state / "hang@one.vmid").stat().st_mode & 0o777 == 0o600
+        assert vm_prefix.state.stat().st_mode & 0o777 == 0o700
+        launcher.kill()  # SIGKILL: no cleanup code of the launcher runs
+        launcher.wait()
+        wait_for(lambda: not alive(pid), what=f"firecracker {pid} to die with its launcher")
+    finally:
+        launcher.kill()
+        launcher.communicate()
+    assert "hang@one.vmid" in vm_prefix.files()  # stale now; the next call reaps it
+    vm_prefix.register("hello")
+    res = vm_prefix.prefix.app("hello", env={"PILOT_DEBUG": "1"}, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "reaped stale instances: hang@one" in res.stderr
+    assert vm_prefix.files() == set()
+
+
+def test_sigterm_stops_vm_and_cleans_up(vm_prefix: VmPrefix) -> None:
+    vm_prefix.register("hang", guest="hang", overlay_size="16MiB")
+    launcher = vm_prefix.popen("hang")
+    pid = running_vm(vm_prefix, "hang")
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=15)
+    assert launcher.returncode == 128 + signal.SIGTERM, err
+    assert not alive(pid)
+    assert vm_prefix.files() == set()
+
+
+def test_instance_in_use_and_separate_instance(vm_prefix: VmPrefix) -> None:
+    vm_prefix.register("hang", guest="hang")
+    launcher = vm_prefix.popen("hang")
+    try:
+        running_vm(vm_prefix, "hang")
+        res = vm_prefix.prefix.app("hang", timeout=30)
+        assert res.returncode == 125
+        assert res.stderr.startswith("hang: instance hang is in use") and "@NAME" in res.stderr
+        second = vm_prefix.popen("hang", "@other")
+        try:
+            assert running_vm(vm_prefix, "hang@other") != running_vm(vm_prefix, "hang")
+        finally:
+            second.kill()
+            second.communicate()
+    finally:
+        launcher.kill()
+        launcher.communicate()
+
+
+def test_firecracker_failure_is_one_line_and_leaves_nothing(vm_prefix: VmPrefix, tmp_path: Path) -> None:
+    vm_prefix.register("broken", kernel=str(tmp_path / "no-such-kernel"), overlay_size="16MiB")
+    res = vm_prefix.prefix.app("broken", timeout=30)
+    assert res.returncode == 125
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("broken: firecracker exited with 1")
+    assert "kernel file cannot be opened" in res.stderr
+    assert vm_prefix.files() == set()
+
+
+def test_force_vsock_guest_without_sci(vm_prefix: VmPrefix) -> None:
+    """A guest that never answers on vsock: a clear error, the VM is gone, nothing left."""
+    vm_prefix.register("nosci", force_vsock=True)
+    res = vm_prefix.prefix.app("nosci", timeout=30)
+    assert res.returncode == 125
+    assert "ended before its guest answered" in res.stderr
+    assert vm_prefix.files() == set()
+
+
+def test_resume_concurrent_first_calls_boot_one_vm(vm_prefix: VmPrefix) -> None:
+    """Two first calls of a resume flake at once: exactly one VM is booted (the other waits on the
+    lock and reuses it). The guest has no sci, so both give up after PILOT_BOOT_TIMEOUT and the
+    caller that booted the VM removes it again."""
+    vm_prefix.register("rs", guest="hang", resume=True)
+    env = {"PILOT_DEBUG": "1", "PILOT_BOOT_TIMEOUT": "1.5"}
+    calls = [vm_prefix.popen("rs", env=env) for _ in range(2)]
+    results = [c.communicate(timeout=30) for c in calls]
+    errs = [err for _, err in results]
+    assert sum("started firecracker pid" in e for e in errs) == 1, errs
+    assert sum("reusing VM pid" in e for e in errs) == 1, errs
+    assert all(c.returncode == 125 for c in calls)
+    assert any("no answer from sci on vsock port 52" in e for e in errs)
+    (booted,) = (int(e.split("started firecracker pid ")[1].split()[0])
+                 for e in errs if "started firecracker" in e)
+    assert not alive(booted)  # the caller that booted the never-answering VM removed it
+    assert vm_prefix.files() == set()
+
+
+def test_resume_vm_outlives_caller_session(vm_prefix: VmPrefix) -> None:
+    """A resume VM is started in its own session (terminal hang-up does not kill it) and without
+    the die-with-launcher signal; its PID is recorded while the caller waits for the guest."""
+    vm_prefix.register("rs", guest="hang", resume=True)
+    launcher = vm_prefix.popen("rs", env={"PILOT_BOOT_TIMEOUT": "30"})
+    try:
+        pid = running_vm(vm_prefix, "rs")
+        assert os.getsid(pid) == pid != os.getsid(launcher.pid)
+        launcher.kill()
+        launcher.wait()
+        # not a one-shot VM: it survives the launcher's death (a later call would reuse it)
+        with open(f"/proc/{pid}/status") as st:
+            assert "firecracker" in st.readline()
+        assert alive(pid)
+    finally:
+        launcher.kill()
+        launcher.communicate()
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_tap_created_attached_and_removed(vm_prefix: VmPrefix) -> None:
+    if os.getuid() != 0:
+        pytest.skip("creating TAP devices needs root (CAP_NET_ADMIN); run the tests as root")
+    vm_prefix.register("net", guest="hang", boot_args=("console=ttyS0", "ip=dhcp"))
+    dev = Path("/sys/class/net/tap-net@t1")
+    assert not dev.exists()
+    launcher = vm_prefix.popen("net", "@t1")
+    try:
+        running_vm(vm_prefix, "net@t1")
+        wait_for(dev.exists, what="the TAP device")
+        assert (dev / "owner").read_text().strip() == str(os.getuid())
+        assert (vm_prefix.state / "net@t1.tap").read_text() == "tap-net@t1"
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.communicate(timeout=15)
+    assert launcher.returncode == 128 + signal.SIGTERM
+    assert not dev.exists()  # this launcher created it, so it removed it
+    assert vm_prefix.files() == set()
+
+
+def test_tap_existing_device_kept(vm_prefix: VmPrefix) -> None:
+    if os.getuid() != 0:
+        pytest.skip("creating TAP devices needs root (CAP_NET_ADMIN); run the tests as root")
+    subprocess.run(["ip", "tuntap", "add", "dev", "tap-net2", "mode", "tap"], check=True)
+    try:
+        static_ip = "ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off"
+        vm_prefix.register("net2", boot_args=("console=ttyS0", static_ip))
+        res = vm_prefix.prefix.app("net2", timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert virtio_devices(cmdline_of(res.stdout)) == 3  # rootfs, NIC, vsock
+        assert Path("/sys/class/net/tap-net2").exists()  # not ours: left alone
+    finally:
+        subprocess.run(["ip", "tuntap", "del", "dev", "tap-net2", "mode", "tap"], check=False)
+
+
+def test_tap_not_permitted_is_a_clear_error(vm_prefix: VmPrefix, tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to switch to the unprivileged test user")
+    import pwd
+
+    from conftest import TEST_USER
+    try:
+        user = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        pytest.fail(f"test user {TEST_USER} missing: run scripts/setup-host.sh --test")
+    vm_prefix.register("net3", boot_args=("console=ttyS0", "ip=dhcp"))
+    vm_prefix.prefix.ids_dir.mkdir(mode=0o755)
+    os.chmod(vm_prefix.prefix.ids_dir, 0o1777)  # like /tmp/flakes: shared base, private <uid> dirs
+    for p in (tmp_path, *tmp_path.parents):
+        if p == Path("/"):
+            break
+        os.chmod(p, os.stat(p).st_mode | 0o005)
+    res = subprocess.run(["runuser", "-u", TEST_USER, "--", str(vm_prefix.prefix.bin_dir / "net3")],
+                         env=vm_prefix.prefix.env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 125, res.stderr
+    assert res.stderr.startswith("net3: cannot create TAP device tap-net3:")
+    assert f"ip tuntap add dev tap-net3 mode tap user {user.pw_uid}" in res.stderr

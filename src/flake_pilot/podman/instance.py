@@ -1,0 +1,106 @@
+"""Instance state in ``<podman_ids_dir>/<uid>/``: ``<app>[@NAME].cid`` (first line = container
+ID, written by podman), ``.pid`` (conmon's PID, written by conmon) and ``.lock``.
+
+An instance is alive when its conmon runs: ``/proc/<pid>/cmdline`` names the container ID.
+This costs no engine call and survives PID reuse. One-shot instances without ``@NAME`` get
+``<app>@+<hex>`` ('+' is not allowed in instance names, so a user never collides with it);
+their files are garbage collected once conmon is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import statedir
+
+ONESHOT_MARK = "@+"
+GC_GRACE_S = 60.0  # a .cid without .pid this young may belong to a launch in progress
+GC_MAX = 256  # files looked at per launch
+
+
+class Paths:
+    __slots__ = ("stem", "cid", "pid", "lock")
+
+    def __init__(self, directory: str, name: str) -> None:
+        self.stem = statedir.check_name(directory, name)
+        self.cid, self.pid, self.lock = self.stem + ".cid", self.stem + ".pid", self.stem + ".lock"
+
+
+def name(app: str, instance: str | None, oneshot: bool) -> str:
+    if instance is not None:
+        return f"{app}@{instance}"
+    if oneshot:
+        return f"{app}{ONESHOT_MARK}{os.urandom(6).hex()}"
+    return app
+
+
+def read_cid(path: str) -> str:
+    content = statedir.read_file(path) or ""
+    cid = content.split("\n", 1)[0].strip()
+    return cid if len(cid) == 64 and all(c in "0123456789abcdef" for c in cid) else ""
+
+
+def conmon_pid(paths: Paths) -> int:
+    try:
+        return int(statedir.read_file(paths.pid) or 0)
+    except ValueError:
+        return 0
+
+
+def runs(pid: int, cid: str) -> bool:
+    """True if *pid* is the conmon of container *cid*."""
+    if pid <= 0 or not cid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read(65536)
+    except OSError:
+        return False
+    return b"\0" + cid.encode() + b"\0" in cmdline
+
+
+def alive(paths: Paths) -> str | None:
+    """The container ID if the instance's conmon is running, else None."""
+    cid = read_cid(paths.cid)
+    return cid if cid and runs(conmon_pid(paths), cid) else None
+
+
+def clear(paths: Paths) -> None:
+    statedir.remove_file(paths.cid)
+    statedir.remove_file(paths.pid)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as handle:
+            return [int(x) for x in handle.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def gc(directory: str) -> int:
+    """Remove the files of finished one-shot instances; returns how many were removed."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return 0
+    removed = 0
+    now = time.time()
+    for entry in entries[:GC_MAX]:
+        if ONESHOT_MARK not in entry or not entry.endswith(".cid"):
+            continue
+        paths = Paths(directory, entry[: -len(".cid")])
+        try:
+            st = os.lstat(paths.cid)
+            cid = read_cid(paths.cid)
+            pid = conmon_pid(paths)
+        except (OSError, statedir.SecurityError):
+            continue
+        if pid and runs(pid, cid):
+            continue
+        if pid == 0 and now - st.st_mtime < GC_GRACE_S:
+            continue
+        clear(paths)
+        removed += 1
+    return removed

@@ -1,0 +1,248 @@
+"""podman-pilot: every container flake is a symlink to this launcher.
+
+The symlink's name selects the registration. Modes:
+- one-shot: one ``podman run --rm``; without a terminal the launcher *becomes* podman (exec),
+  so exit status, streams and signals (podman's sig-proxy) are podman's own;
+- resume: one long-lived instance per app/@NAME, each call one ``podman exec``;
+- attach: a kept container, re-attached (``attach``) or restarted (``start --attach``).
+Where podman does not forward signals (exec, -t, attach) the launcher stays the parent and
+forwards them (proc.py). Any failure of the launcher itself exits 125 with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import debug
+from ..errors import LAUNCHER_EXIT, FlakeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from .argv import CallerArgs
+    from .instance import Paths
+    from .plan import Plan
+
+
+def _validate_instance(name: str) -> str:
+    from ..names import instance_name
+
+    return instance_name(name)
+
+
+def _opts(p: Plan, caller: CallerArgs, env: dict[str, str]) -> list[str]:
+    from ..errors import ConfigError
+    from .argv import drop_missing_volumes, expand_vars, split_opts, user_opts
+
+    items = []
+    for item in split_opts(p.opts):
+        try:
+            items.append(expand_vars(item, env))
+        except KeyError as exc:
+            raise ConfigError(f"{p.config_file}: key 'container.runtime.podman': {item!r}: "
+                              f"%{exc.args[0]} is not set in the environment") from None
+        except ValueError as exc:
+            raise ConfigError(f"{p.config_file}: key 'container.runtime.podman': {item!r}: {exc}") from None
+    if "ignore_missing_volume_path" in caller.options:
+        items = drop_missing_volumes(items)
+    return user_opts(items)
+
+
+def _progress(caller: CallerArgs, label: str) -> AbstractContextManager[object]:
+    if "progress" not in caller.options:
+        return _Null()
+    from .. import progress
+
+    return progress.spinner(label)
+
+
+class _Null:
+    def __enter__(self) -> object:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def launch(app: str, args: list[str]) -> int:
+    from .. import runner, statedir
+    from ..errors import ConfigError, SecurityError, UsageError
+    from . import argv, plan
+
+    if app in ("podman-pilot", "") or app.startswith("."):
+        raise UsageError("call podman-pilot through an app symlink (flake-ctl podman register --app /usr/bin/NAME)")
+    with debug.phase("plan"):
+        p = plan.load(app)
+    if not p.user_mode and os.getuid() != 0:
+        raise SecurityError(
+            f"{p.config_file}: runas root: this system flake uses root's podman storage; run it as root "
+            f"(e.g. sudo {app}) or register your own: flake-ctl podman --user register ...")
+    try:
+        caller = argv.split_caller_args(args, _validate_instance)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    podman = runner.which(p.podman)
+    env = dict(os.environ)
+    if p.storage_conf:
+        env["CONTAINERS_STORAGE_CONF"] = p.storage_conf
+    opts = _opts(p, caller, env)
+    with debug.phase("state"):
+        state = statedir.private_dir(p.ids_dir)
+    prefix = argv.engine(podman, debug.enabled())
+    image = p.image
+    if p.compose:
+        from .. import flakeconf
+        from . import compose
+
+        flake = flakeconf.parse(app, p.config_file)
+        assert isinstance(flake, flakeconf.PodmanFlake)
+        with debug.phase("compose"):
+            image = compose.ensure_image(flake, prefix, env, state_dir=state,
+                                         ignore_sync_error="ignore_sync_error" in caller.options)
+    tty = "interactive" in caller.options or (os.isatty(0) and os.isatty(1))
+    if p.resume:
+        if p.target == "/":
+            raise ConfigError(f"{p.config_file}: key 'container.target_app_path': resume mode needs the "
+                              "program to run in the instance, not '/'")
+        return _resume(p, caller, prefix, env, image, opts, state, tty)
+    if p.attach:
+        return _attach(p, caller, prefix, env, image, opts, state, tty)
+    return _oneshot(p, caller, prefix, env, image, opts, state, tty)
+
+
+def _oneshot(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str], image: str,
+             opts: list[str], state: str, tty: bool) -> int:
+    from .. import runner
+    from ..errors import ConflictError
+    from . import argv, instance
+
+    paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=True))
+    with debug.phase("gc"):
+        instance.gc(state)
+    if caller.instance is not None:
+        cid = instance.alive(paths)
+        if cid:
+            raise ConflictError(f"{paths.cid}: instance {p.app}@{caller.instance} is running (container "
+                                f"{cid[:12]}); use another @NAME")
+        instance.clear(paths)  # left by a crash: never blocks a launch
+    cmd = argv.run_argv(prefix, image, p.target, opts, caller.app_args, tty, paths.cid, paths.pid)
+    debug.timing()
+    if not tty:
+        runner.exec_replace(cmd, env)
+    from . import proc
+
+    code = proc.supervise(cmd, env, proc.by_conmon(paths.pid, paths.cid))
+    instance.clear(paths)
+    return code
+
+
+def _resume(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str], image: str,
+            opts: list[str], state: str, tty: bool) -> int:
+    from .. import statedir
+    from . import argv, instance, proc
+
+    paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=False))
+    cid = instance.alive(paths)
+    if cid is None:
+        with debug.phase("instance"), statedir.locked(paths.lock):
+            cid = instance.alive(paths)  # another launch may have created it meanwhile
+            if cid is None:
+                with _progress(caller, f"starting {p.app}"):
+                    cid = _start_resume(prefix, env, image, opts, paths)
+    session = f"{os.getpid()}-{os.urandom(6).hex()}"
+    cmd = argv.exec_argv(prefix, cid, p.target, caller.app_args, tty, session)
+    debug.timing()
+    code = proc.supervise(cmd, env, proc.by_session(argv.SESSION_VAR, session))
+    if "remove" in caller.options:
+        _remove(prefix, env, cid, paths)
+    return code
+
+
+def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: Paths) -> str:
+    """Restart a stopped instance (its files are kept), or create a fresh one."""
+    from .. import runner
+    from ..errors import EngineError
+    from . import argv, instance
+
+    old = instance.read_cid(paths.cid)
+    if old:
+        if runner.run([*prefix, "start", old], env=env, check=False).returncode == 0:
+            return old
+        runner.run([*prefix, "rm", "-f", "-t", "0", old], env=env, check=False)
+    instance.clear(paths)
+    done = runner.run(argv.resume_create_argv(prefix, image, opts, paths.cid, paths.pid), env=env, check=False)
+    cid = instance.read_cid(paths.cid)
+    if done.returncode != 0 or not cid:
+        if cid:
+            runner.run([*prefix, "rm", "-f", "-t", "0", cid], env=env, check=False)
+        instance.clear(paths)
+        raise EngineError(f"{image}: cannot start the resume instance: {runner.first_line(done.stderr)}",
+                          done.returncode)
+    return cid
+
+
+def _attach(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str], image: str,
+            opts: list[str], state: str, tty: bool) -> int:
+    from .. import runner, statedir
+    from ..errors import EngineError
+    from . import argv, instance, proc
+
+    paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=False))
+    with debug.phase("instance"), statedir.locked(paths.lock):
+        cid = instance.alive(paths)
+        if cid:
+            cmd = [*prefix, "attach", cid]
+        else:
+            cid = instance.read_cid(paths.cid)
+            if not cid or runner.run([*prefix, "container", "exists", cid], env=env, check=False).returncode:
+                instance.clear(paths)
+                with _progress(caller, f"creating {p.app}"):
+                    done = runner.run(argv.create_argv(prefix, image, p.target, opts, caller.app_args, tty,
+                                                       paths.cid, paths.pid), env=env, check=False)
+                cid = instance.read_cid(paths.cid)
+                if done.returncode != 0 or not cid:
+                    instance.clear(paths)
+                    raise EngineError(f"{image}: cannot create the container: {runner.first_line(done.stderr)}",
+                                      done.returncode)
+            cmd = [*prefix, "start", "--attach", "-i", cid]
+    debug.timing()
+    code = proc.supervise(cmd, env, proc.by_conmon(paths.pid, paths.cid))
+    if "remove" in caller.options:
+        _remove(prefix, env, cid, paths)
+    return code
+
+
+def _remove(prefix: list[str], env: dict[str, str], cid: str, paths: Paths) -> None:
+    from .. import runner
+    from . import instance
+
+    runner.run([*prefix, "rm", "-f", "-t", "0", cid], env=env, check=False)
+    instance.clear(paths)
+
+
+def main() -> int:
+    app = os.path.basename(sys.argv[0])
+    try:
+        return launch(app, sys.argv[1:])
+    except FlakeError as exc:
+        if debug.enabled():
+            import traceback
+
+            traceback.print_exc()
+        message = str(exc).replace("\n", " ")
+        sys.stderr.write(f"{app}: {message}\n")
+        return LAUNCHER_EXIT
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{app}: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback with PILOT_DEBUG=1
+        if debug.enabled():
+            raise
+        sys.stderr.write(f"{app}: internal error: {type(exc).__name__}: {exc} (PILOT_DEBUG=1 shows more)\n")
+        return LAUNCHER_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Parent mode: run the engine as a child and forward signals to the app ourselves.
+
+Needed where exec'ing podman would break the contract: ``podman exec`` does not forward
+signals (SIGTERM makes it exit 0 while the app keeps running), and ``podman run -t`` /
+``start --attach`` drop SIGINT and SIGHUP. The engine runs in its own session, so signals
+the terminal sends to our process group reach only us; we deliver each one to the app's
+process on the host (found via /proc, no engine call) and exit with the engine's status,
+which is the app's. SIGWINCH goes to the engine, which resizes the container's terminal.
+"""
+
+from __future__ import annotations
+
+import _signal as signal  # the C module: the signal wrapper would import enum (milliseconds)
+import os
+import time
+
+from .. import runner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+FIND_DEADLINE_S = 10.0  # a signal that arrives while the app is still starting waits this long
+
+
+def by_session(var: str, token: str) -> Callable[[], list[int]]:
+    """Finder for ``podman exec`` sessions: the topmost processes whose environment holds
+    ``var=token`` (the app; its children inherit the variable)."""
+    needle = f"{var}={token}".encode()
+
+    def find() -> list[int]:
+        found: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as handle:
+                    env = handle.read()
+                if needle not in env or needle not in env.split(b"\0"):
+                    continue
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    ppid = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            found[int(entry)] = ppid
+        return [pid for pid, ppid in found.items() if ppid not in found]
+
+    return find
+
+
+def by_conmon(pidfile: str, cidfile: str) -> Callable[[], list[int]]:
+    """Finder for run/start/attach: the container's init (catatonit, which passes the signal
+    on to the app), i.e. the child of the container's conmon."""
+    from . import instance
+
+    def find() -> list[int]:
+        try:
+            cid = instance.read_cid(cidfile)
+            pid = int(open(pidfile, "rb").read().strip() or 0)  # noqa: SIM115 - tiny read
+        except (OSError, ValueError):
+            return []
+        return instance.children(pid) if instance.runs(pid, cid) else []
+
+    return find
+
+
+def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], list[int]]) -> int:
+    """Run argv in a new session, forward signals to find()'s processes, return the exit code."""
+    pid = runner.spawn(argv, env, new_session=True)
+    status: int | None = None
+
+    def reap(block: bool) -> bool:
+        nonlocal status
+        if status is not None:
+            return True
+        try:
+            done, st = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if done:
+            status = st
+        return done != 0
+
+    def forward(signum: int, _frame: object) -> None:
+        if signum == signal.SIGWINCH:
+            os.kill(pid, signum)
+            return
+        deadline = time.monotonic() + FIND_DEADLINE_S
+        while not reap(False):
+            targets = find()
+            if targets:
+                for target in targets:
+                    try:
+                        os.kill(target, signum)
+                    except OSError:
+                        pass
+                return
+            if time.monotonic() > deadline:
+                os.kill(pid, signum)  # the app never showed up: stop the engine instead
+                return
+            time.sleep(0.02)
+
+    for signum in (*FORWARD, signal.SIGWINCH):
+        signal.signal(signum, forward)
+    while not reap(True):
+        pass
+    for signum in FORWARD:
+        signal.signal(signum, signal.SIG_DFL)
+    return exit_code(status)
+
+
+def exit_code(status: int | None) -> int:
+    if status is None:
+        return 125
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code

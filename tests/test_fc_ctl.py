@@ -576,3 +576,18 @@ def test_help_lists_every_original_option() -> None:
         "--install-sci",
     ):
         assert option in out.stdout
+
+
+def test_install_sci_uses_the_sci_bundle(fc: Prefix, tmp_path: Path, rootfs_bytes: bytes) -> None:
+    from flake_pilot.sci import bundle
+
+    rootfs, kernel = tmp_path / "rootfs.ext4", tmp_path / "vmlinux"
+    rootfs.write_bytes(rootfs_bytes)
+    kernel.write_bytes(b"kernel")
+    res = fc.ctl("firecracker", "pull", "--name", "ready", "--rootfs", str(rootfs), "--kernel", str(kernel),
+                 "--install-sci")
+    assert res.returncode == 0, res.stderr
+    stored = registry(fc) / "images" / "ready" / "rootfs"
+    assert debugfs_cat(stored, "/usr/sbin/sci") == bundle.build_bytes()
+    listing = json.loads(fc.ctl("firecracker", "images", "--format", "json").stdout)
+    assert [(i["name"], i["guest"]) for i in listing] == [("ready", "ready")]

@@ -61,13 +61,13 @@ class VmPrefix:
 
     def register(self, app: str, *, guest: str = "reset", resume: bool = False, force_vsock: bool = False,
                  overlay_size: str | None = None, boot_args: tuple[str, ...] = ("console=ttyS0",),
-                 kernel: str | None = None, extra: str = "") -> Path:
+                 kernel: str | None = None, extra: str = "", target: str | None = None) -> Path:
         """Write a registration in the original's YAML shape and the app symlink."""
         args = ", ".join(f'"{a}"' for a in boot_args)
         yaml = (
             f"{extra}vm:\n"
             f"  name: tiny\n"
-            f"  target_app_path: /bin/{app}\n"
+            f"  target_app_path: {target or '/bin/' + app}\n"
             f"  host_app_path: {self.prefix.bin_dir / app}\n"
             f"  runtime:\n"
             f"    runas: root\n"

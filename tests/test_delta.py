@@ -18,8 +18,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import STATE, busybox_rootfs_tar, import_image, podman
 
+from conftest import STATE, busybox_rootfs_tar, import_image, podman
 from flake_pilot import errors
 from flake_pilot.flakeconf import parse
 from flake_pilot.podman import compose
@@ -54,22 +54,51 @@ def build(tag: str, containerfile: str, files: dict[str, str], storage: Path | N
 def build_images(storage: Path, work: Path) -> None:
     """base (with /removed), layer 1 (deletes a base file), layer 2 (ships /systemfiles), app."""
     write_host_files()
-    if all(podman("image", "exists", i, storage=storage, check=False).returncode == 0 for i in (BASE, L1, L2, APP)):
+    if all(
+        podman("image", "exists", i, storage=storage, check=False).returncode == 0
+        for i in (BASE, L1, L2, APP)
+    ):
         return
-    import_image(BASE, busybox_rootfs_tar({
-        "opt/base.txt": b"base\n", "opt/order.txt": b"base\n", "opt/gone.txt": b"base\n",
-        "removed": f"# host files this delta needs\n{HOSTDIR}/host-a.txt\n".encode(),
-    }), storage)
-    build(L1, f"FROM {BASE}\nCOPY order /opt/order.txt\nCOPY l1 /opt/l1.txt\nRUN rm /opt/gone.txt\n",
-          {"order": "layer1\n", "l1": "l1\n"}, storage, work / "l1")
-    build(L2, f"FROM {BASE}\nCOPY order /opt/order.txt\nCOPY l2 /opt/l2.txt\nCOPY over /opt/over.txt\n"
-          "COPY systemfiles /systemfiles\n",
-          {"order": "layer2\n", "l2": "l2\n", "over": "layer2\n", "systemfiles": f"echo {HOSTDIR}/host-b.txt\n"},
-          storage, work / "l2")
-    build(APP, f"FROM {BASE}\nCOPY app /opt/app.txt\nCOPY over /opt/over.txt\nCOPY hello /usr/bin/hello\n"
-          "RUN chmod 755 /usr/bin/hello\n",
-          {"app": "app\n", "over": "app\n", "hello": "#!/bin/sh\necho \"hello $*\"\necho err >&2\nexit 3\n"},
-          storage, work / "app")
+    import_image(
+        BASE,
+        busybox_rootfs_tar(
+            {
+                "opt/base.txt": b"base\n",
+                "opt/order.txt": b"base\n",
+                "opt/gone.txt": b"base\n",
+                "removed": f"# host files this delta needs\n{HOSTDIR}/host-a.txt\n".encode(),
+            }
+        ),
+        storage,
+    )
+    build(
+        L1,
+        f"FROM {BASE}\nCOPY order /opt/order.txt\nCOPY l1 /opt/l1.txt\nRUN rm /opt/gone.txt\n",
+        {"order": "layer1\n", "l1": "l1\n"},
+        storage,
+        work / "l1",
+    )
+    build(
+        L2,
+        f"FROM {BASE}\nCOPY order /opt/order.txt\nCOPY l2 /opt/l2.txt\nCOPY over /opt/over.txt\n"
+        "COPY systemfiles /systemfiles\n",
+        {
+            "order": "layer2\n",
+            "l2": "l2\n",
+            "over": "layer2\n",
+            "systemfiles": f"echo {HOSTDIR}/host-b.txt\n",
+        },
+        storage,
+        work / "l2",
+    )
+    build(
+        APP,
+        f"FROM {BASE}\nCOPY app /opt/app.txt\nCOPY over /opt/over.txt\nCOPY hello /usr/bin/hello\n"
+        "RUN chmod 755 /usr/bin/hello\n",
+        {"app": "app\n", "over": "app\n", "hello": '#!/bin/sh\necho "hello $*"\necho err >&2\nexit 3\n'},
+        storage,
+        work / "app",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +112,15 @@ def registration(flakes_dir: Path, app: str, **container: object) -> Path:
 
     path = flakes_dir / f"{app}.yaml"
     include = container.pop("include", {"tar": None, "path": None})
-    data = {"include": include, "container": {"name": APP, "target_app_path": "/usr/bin/hello",
-                                              "runtime": {"runas": "root"}, **container}}
+    data = {
+        "include": include,
+        "container": {
+            "name": APP,
+            "target_app_path": "/usr/bin/hello",
+            "runtime": {"runas": "root"},
+            **container,
+        },
+    }
     flakes_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data))
     return path
@@ -92,9 +128,14 @@ def registration(flakes_dir: Path, app: str, **container: object) -> Path:
 
 def compose_app(tmp_path: Path, storage: Path, app: str, ignore: bool = False, **container: object) -> str:
     flake = parse(app, str(registration(tmp_path / "flakes", app, **container)))
-    assert compose.needs_compose(flake)  # type: ignore[arg-type]
-    return compose.ensure_image(flake, PODMAN, {"CONTAINERS_STORAGE_CONF": str(storage)},  # type: ignore[arg-type]
-                                ignore_sync_error=ignore, state_dir=str(state(tmp_path)))
+    assert compose.needs_compose(flake)
+    return compose.ensure_image(
+        flake,
+        PODMAN,
+        {"CONTAINERS_STORAGE_CONF": str(storage)},
+        ignore_sync_error=ignore,
+        state_dir=str(state(tmp_path)),
+    )
 
 
 def state(tmp_path: Path) -> Path:
@@ -104,8 +145,19 @@ def state(tmp_path: Path) -> Path:
 
 
 def run_in(image: str, storage: Path, script: str) -> str:
-    proc = podman("run", "--rm", "--pull=never", "--network=none", "--entrypoint", "/bin/sh", image, "-c", script,
-                  storage=storage, check=False)
+    proc = podman(
+        "run",
+        "--rm",
+        "--pull=never",
+        "--network=none",
+        "--entrypoint",
+        "/bin/sh",
+        image,
+        "-c",
+        script,
+        storage=storage,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -121,9 +173,12 @@ def compose_repo(app: str) -> str:
     return repo_name(app)
 
 
-SHOW = ("for f in base order l1 l2 over app gone; do printf '%s=' $f; cat /opt/$f.txt 2>/dev/null || echo -; done;"
-        " for f in {h}/host-a.txt {h}/host-b.txt /etc/inc/a.txt /etc/inc/abs.txt {p}/conf.txt; do"
-        " printf '%s=' $f; cat $f 2>/dev/null || echo -; done; readlink {p}/link")
+SHOW = (
+    "for f in base order l1 l2 over app gone; do"
+    " printf '%s=' $f; cat /opt/$f.txt 2>/dev/null || echo -; done;"
+    " for f in {h}/host-a.txt {h}/host-b.txt /etc/inc/a.txt /etc/inc/abs.txt {p}/conf.txt; do"
+    " printf '%s=' $f; cat $f 2>/dev/null || echo -; done; readlink {p}/link"
+)
 
 
 def parse_show(out: str) -> dict[str, str]:
@@ -147,8 +202,14 @@ def full(delta_images: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     pdir.mkdir()
     (pdir / "conf.txt").write_text("path include\n")
     (pdir / "link").symlink_to("/does/not/matter")
-    tag = compose_app(tmp, delta_images, "dfull", base_container=BASE, layers=[L1, L2],
-                      include={"tar": [str(inc)], "path": [str(pdir)]})
+    tag = compose_app(
+        tmp,
+        delta_images,
+        "dfull",
+        base_container=BASE,
+        layers=[L1, L2],
+        include={"tar": [str(inc)], "path": [str(pdir)]},
+    )
     shown = parse_show(run_in(tag, delta_images, SHOW.format(h=HOSTDIR, p=pdir)))
     return tag, shown, tmp
 
@@ -180,25 +241,44 @@ def test_host_files_synced(full: tuple[str, dict[str, str], Path]) -> None:
     assert shown[f"{HOSTDIR}/host-b.txt"] == "host-b.txt from the host"  # layer 2's /systemfiles output
 
 
-def test_composed_image_keeps_the_process_contract(full: tuple[str, dict[str, str], Path], delta_images: Path) -> None:
-    proc = podman("run", "--rm", "-i", "--pull=never", "--network=none", "--entrypoint", "/usr/bin/hello",
-                  full[0], "a b", storage=delta_images, check=False)
+def test_composed_image_keeps_the_process_contract(
+    full: tuple[str, dict[str, str], Path], delta_images: Path
+) -> None:
+    proc = podman(
+        "run",
+        "--rm",
+        "-i",
+        "--pull=never",
+        "--network=none",
+        "--entrypoint",
+        "/usr/bin/hello",
+        full[0],
+        "a b",
+        storage=delta_images,
+        check=False,
+    )
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "hello a b\n", "err\n")
 
 
-def _debug_compose(tmp: Path, storage: Path, app: str, extra_env: dict[str, str] | None = None,
-                   **kw: object) -> subprocess.Popen[str]:
+def _debug_compose(
+    tmp: Path, storage: Path, app: str, extra_env: dict[str, str] | None = None, **kw: object
+) -> subprocess.Popen[str]:
     """ensure_image in a fresh interpreter with PILOT_DEBUG=1 (prints engine calls on stderr)."""
     path = registration(tmp / "flakes", app, **kw)
-    code = ("import sys; from flake_pilot.flakeconf import parse; from flake_pilot.podman import compose\n"
-            "try:\n"
-            f"    print(compose.ensure_image(parse({app!r}, {str(path)!r}), {PODMAN!r},"
-            f" {{'CONTAINERS_STORAGE_CONF': {str(storage)!r}}}, state_dir={str(state(tmp))!r}))\n"
-            "except KeyboardInterrupt:\n    sys.exit(99)\n"
-            "except Exception as exc:\n    print(type(exc).__name__, exc, file=sys.stderr); sys.exit(getattr(exc, 'exit_code', 1))\n")
+    code = (
+        "import sys; from flake_pilot.flakeconf import parse; from flake_pilot.podman import compose\n"
+        "try:\n"
+        f"    print(compose.ensure_image(parse({app!r}, {str(path)!r}), {PODMAN!r},"
+        f" {{'CONTAINERS_STORAGE_CONF': {str(storage)!r}}}, state_dir={str(state(tmp))!r}))\n"
+        "except KeyboardInterrupt:\n    sys.exit(99)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc, file=sys.stderr)\n"
+        "    sys.exit(getattr(exc, 'exit_code', 1))\n"
+    )
     env = {**os.environ, "PILOT_DEBUG": "1", **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def test_cache_hit_makes_no_engine_call(delta_images: Path, tmp_path: Path) -> None:
@@ -231,7 +311,9 @@ def test_rebuilt_layer_and_changed_include_invalidate(delta_images: Path, tmp_pa
     assert tag3 not in (tag1, tag2)
     assert run_in(tag3, delta_images, f"cat {inc}/v.txt") == "two\n"
     assert composed_of("drebuild", delta_images) == [tag3]  # older entries freed
-    compose.free_entries(app="drebuild", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)})
+    compose.free_entries(
+        app="drebuild", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)}
+    )
     podman("rmi", layer, storage=delta_images, check=False)
 
 
@@ -239,20 +321,29 @@ def test_changed_host_file_invalidates(delta_images: Path, tmp_path: Path) -> No
     host = tmp_path / "hostdep.txt"
     host.write_text("v1\n")
     host.chmod(0o644)
-    build("localhost/flake-test/delta-hd:latest", f"FROM {BASE}\nCOPY removed /removed\n",
-          {"removed": f"{host}\n"}, delta_images, tmp_path / "ctx")
+    build(
+        "localhost/flake-test/delta-hd:latest",
+        f"FROM {BASE}\nCOPY removed /removed\n",
+        {"removed": f"{host}\n"},
+        delta_images,
+        tmp_path / "ctx",
+    )
     kw = {"name": "localhost/flake-test/delta-hd:latest", "check_host_dependencies": True}
     tag1 = compose_app(tmp_path, delta_images, "dhostchg", **kw)
     assert run_in(tag1, delta_images, f"cat {host}") == "v1\n"
     host.write_text("v2\n")
     tag2 = compose_app(tmp_path, delta_images, "dhostchg", **kw)
     assert tag2 != tag1 and run_in(tag2, delta_images, f"cat {host}") == "v2\n"
-    compose.free_entries(app="dhostchg", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)})
+    compose.free_entries(
+        app="dhostchg", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)}
+    )
     podman("rmi", "localhost/flake-test/delta-hd:latest", storage=delta_images, check=False)
 
 
 def test_concurrent_first_launches_compose_once(delta_images: Path, tmp_path: Path) -> None:
-    procs = [_debug_compose(tmp_path, delta_images, "dconc", base_container=BASE, layers=[L2]) for _ in range(3)]
+    procs = [
+        _debug_compose(tmp_path, delta_images, "dconc", base_container=BASE, layers=[L2]) for _ in range(3)
+    ]
     results = [p.communicate(timeout=180) for p in procs]
     assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
     assert len({out for out, _ in results}) == 1
@@ -269,8 +360,13 @@ def _nothing_left(tmp_path: Path, storage: Path, app: str) -> None:
 
 def test_missing_layer_fails_cleanly(delta_images: Path, tmp_path: Path) -> None:
     with pytest.raises(errors.NotFoundError, match="localhost/flake-test/no-such-layer"):
-        compose_app(tmp_path, delta_images, "dmissing", base_container=BASE,
-                    layers=[L1, "localhost/flake-test/no-such-layer:latest"])
+        compose_app(
+            tmp_path,
+            delta_images,
+            "dmissing",
+            base_container=BASE,
+            layers=[L1, "localhost/flake-test/no-such-layer:latest"],
+        )
     _nothing_left(tmp_path, delta_images, "dmissing")
 
 
@@ -291,14 +387,20 @@ def test_bad_include_fails_cleanly(delta_images: Path, tmp_path: Path, case: str
 
 def test_private_or_missing_host_file(delta_images: Path, tmp_path: Path) -> None:
     image = "localhost/flake-test/delta-private:latest"
-    build(image, f"FROM {BASE}\nCOPY removed /removed\n",
-          {"removed": f"{HOSTDIR}/secret.txt\n{HOSTDIR}/no-such-file\n{HOSTDIR}/host-a.txt\n"},
-          delta_images, tmp_path / "ctx")
+    build(
+        image,
+        f"FROM {BASE}\nCOPY removed /removed\n",
+        {"removed": f"{HOSTDIR}/secret.txt\n{HOSTDIR}/no-such-file\n{HOSTDIR}/host-a.txt\n"},
+        delta_images,
+        tmp_path / "ctx",
+    )
     with pytest.raises(errors.SecurityError, match="secret.txt: not world-readable"):
         compose_app(tmp_path, delta_images, "dprivate", name=image, check_host_dependencies=True)
     _nothing_left(tmp_path, delta_images, "dprivate")
     # %ignore_sync_error: the refused and the missing file are skipped, the rest is copied
-    tag = compose_app(tmp_path, delta_images, "dprivate", ignore=True, name=image, check_host_dependencies=True)
+    tag = compose_app(
+        tmp_path, delta_images, "dprivate", ignore=True, name=image, check_host_dependencies=True
+    )
     out = run_in(tag, delta_images, f"cat {HOSTDIR}/host-a.txt; ls {HOSTDIR}")
     assert out == "host-a.txt from the host\nhost-a.txt\n"
     compose.free_entries(image=image, podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)})
@@ -308,8 +410,14 @@ def test_private_or_missing_host_file(delta_images: Path, tmp_path: Path) -> Non
 def test_interrupted_composition_leaves_nothing(delta_images: Path, tmp_path: Path) -> None:
     fifo = tmp_path / "slow.tar"
     os.mkfifo(fifo)
-    proc = _debug_compose(tmp_path, delta_images, "dintr", base_container=BASE, layers=[L1],
-                          include={"tar": [str(fifo)], "path": None})
+    proc = _debug_compose(
+        tmp_path,
+        delta_images,
+        "dintr",
+        base_container=BASE,
+        layers=[L1],
+        include={"tar": [str(fifo)], "path": None},
+    )
     with open(fifo, "wb") as writer:  # returns once the composition opened the include: it is mid-way
         assert (state(tmp_path) / "compose" / "dintr.work").is_dir()
         proc.send_signal(signal.SIGINT)
@@ -326,10 +434,13 @@ def test_full_disk_leaves_nothing(delta_images: Path, tmp_path: Path) -> None:
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(small)]).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
     try:
-        flake = parse("dfull2", str(registration(tmp_path / "flakes", "dfull2", base_container=BASE, layers=[L1])))
+        flake = parse(
+            "dfull2", str(registration(tmp_path / "flakes", "dfull2", base_container=BASE, layers=[L1]))
+        )
         with pytest.raises(errors.FlakeError, match="no space left on device"):
-            compose.ensure_image(flake, PODMAN, {"CONTAINERS_STORAGE_CONF": str(delta_images)},  # type: ignore[arg-type]
-                                 state_dir=str(small))
+            compose.ensure_image(
+                flake, PODMAN, {"CONTAINERS_STORAGE_CONF": str(delta_images)}, state_dir=str(small)
+            )
         assert os.listdir(small / "compose") == ["dfull2.lock"]
         assert composed_of("dfull2", delta_images) == []
     finally:
@@ -340,11 +451,14 @@ def test_cache_list_prune_and_free(delta_images: Path, tmp_path: Path, prefix) -
     tag = compose_app(tmp_path, delta_images, "dcache", base_container=BASE)
 
     def ctl(*argv: str) -> subprocess.CompletedProcess[str]:
-        code = ("import argparse, sys; from flake_pilot.ctl import podman_cache\n"
-                "p = argparse.ArgumentParser(); podman_cache.add_parser(p.add_subparsers())\n"
-                "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n")
-        return subprocess.run([sys.executable, "-c", code, *argv], env=prefix.env, text=True,
-                              capture_output=True, timeout=60)
+        code = (
+            "import argparse, sys; from flake_pilot.ctl import podman_cache\n"
+            "p = argparse.ArgumentParser(); podman_cache.add_parser(p.add_subparsers())\n"
+            "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code, *argv], env=prefix.env, text=True, capture_output=True, timeout=60
+        )
 
     listed = ctl("cache", "list", "--format", "json")
     assert listed.returncode == 0, listed.stderr
@@ -358,13 +472,19 @@ def test_cache_list_prune_and_free(delta_images: Path, tmp_path: Path, prefix) -
     alias = "localhost/flake-test/delta-base-alias:latest"
     podman("tag", BASE, alias, storage=delta_images)
     tag = compose_app(tmp_path, delta_images, "dcache", base_container=alias)
-    assert compose.free_entries(image=alias, podman_argv=PODMAN,
-                                env={"CONTAINERS_STORAGE_CONF": str(delta_images)}).count(tag) == 1
+    assert (
+        compose.free_entries(
+            image=alias, podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)}
+        ).count(tag)
+        == 1
+    )
     assert composed_of("dcache", delta_images) == []
     podman("untag", alias, alias, storage=delta_images)
 
 
-def test_warm_check_reads_the_store_quickly(full: tuple[str, dict[str, str], Path], delta_images: Path) -> None:
+def test_warm_check_reads_the_store_quickly(
+    full: tuple[str, dict[str, str], Path], delta_images: Path
+) -> None:
     """Correctness of the cheap path: the store index resolves what podman resolves."""
     from flake_pilot.podman import compose_store
 

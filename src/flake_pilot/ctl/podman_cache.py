@@ -10,7 +10,7 @@ import sys
 from .common import add_format_flag, add_user_flag
 
 
-def add_parser(podman_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(podman_subparsers: argparse._SubParsersAction) -> None:
     """Add `podman cache` under the podman command tree. Each leaf sets `func(args) -> int`."""
     cache = podman_subparsers.add_parser(
         "cache",

@@ -84,7 +84,8 @@ def _compose_dir(flake: PodmanFlake, state_dir: str | None) -> str:
 
 
 def _fingerprint(flake: PodmanFlake, podman: list[str], env: dict[str, str], ignore: bool) -> list[object]:
-    return [FORMAT, list(podman), env.get("CONTAINERS_STORAGE_CONF", ""), flake.base_container,
+    engine = [a for a in podman if not a.startswith("--log-level")]  # output only, not the store
+    return [FORMAT, engine, env.get("CONTAINERS_STORAGE_CONF", ""), flake.base_container,
             list(flake.layers), flake.image, list(flake.include.tar), list(flake.include.path),
             flake.check_host_dependencies, ignore]
 

@@ -22,6 +22,7 @@ TIOCSCTTY = 0x540E  # no termios module in python3-minimal; generic Linux values
 TIOCSWINSZ = 0x5414
 OUTPUT_GRACE = 2.0  # after the exit: wait this long at most for stdout/stderr EOF
 FLUSH_TIMEOUT = 10.0
+PROBE = "empty connection (readiness probe)"
 
 
 class Waiter(Protocol):
@@ -104,8 +105,11 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
           winsize: tuple[int, int] = (24, 80), handshake_timeout: float = 30.0) -> str:
     """Serve one session on (rfd, wfd); returns what happened, for the debug log. Never raises for
     peer errors: a malformed or refused session gets an ERROR frame and ends."""
-    os.set_blocking(wfd, True)
-    p.write_all(wfd, p.hello())  # blocks on virtio-serial until the host side is connected
+    try:
+        os.set_blocking(wfd, True)
+        p.write_all(wfd, p.hello())  # blocks on virtio-serial until the host side is connected
+    except OSError:
+        return PROBE  # closed before we could even greet
     os.set_blocking(rfd, False)
     os.set_blocking(wfd, False)
     out = bytearray()
@@ -127,6 +131,8 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
                 p.write_all(wfd, bytes(out), time.monotonic() + FLUSH_TIMEOUT)
                 return f"pid {child.pid} exit status {p.exit_status(status)}"
             if conn_eof:
+                if not peer_ok and not dec.pending:
+                    return PROBE
                 if child is not None and status is None:
                     child.signal(signal.SIGKILL)
                     _wait_fd(exit_fd)

@@ -1,0 +1,96 @@
+"""Where sessions come from: AF_VSOCK connections (Firecracker) or virtio-serial ports (QEMU).
+
+Each source hands plain fds to ``session.serve``; in resume mode every connection/port is served
+in its own thread, otherwise the first real session ends sci's work.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from . import session
+from .system import SciError, log
+
+Serve = Callable[[int, int], str]
+
+
+def serve_vsock(port: int, serve: Serve, resume: bool) -> None:
+    try:
+        srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        srv.bind((socket.VMADDR_CID_ANY, port))
+        srv.listen(16)
+    except (OSError, AttributeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise SciError(f"cannot listen on vsock port {port}: {reason}") from exc
+    log(f"listening on vsock port {port}")
+    done = threading.Event()
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            outcome = serve(conn.fileno(), conn.fileno())
+        log(f"vsock session: {outcome}")
+        if outcome != session.PROBE:
+            done.set()
+
+    while True:
+        conn, _ = srv.accept()
+        if resume:
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+            continue
+        handle(conn)
+        if done.is_set():
+            srv.close()
+            return
+
+
+def find_ports(prefix: str, timeout: float = 10.0) -> list[str]:
+    """/dev/vportNpM of the virtio-serial ports whose name starts with *prefix*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for name_file in sorted(glob.glob("/sys/class/virtio-ports/vport*/name")):
+            try:
+                with open(name_file) as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            dev = "/dev/" + os.path.basename(os.path.dirname(name_file))
+            if name.startswith(prefix) and os.path.exists(dev):
+                found.append(dev)
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise SciError(f"no virtio-serial port named {prefix}* within {timeout:g} s")
+        time.sleep(0.02)  # ports appear while virtio_console probes; bounded by the deadline
+
+
+def serve_virtio_serial(prefix: str, serve: Serve, resume: bool) -> None:
+    ports = find_ports(prefix)
+    log(f"serving virtio-serial ports {' '.join(ports)}")
+    done = threading.Event()
+
+    def port_loop(dev: str) -> None:
+        while not done.is_set():
+            try:
+                fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                log(f"{dev}: {exc.strerror}")
+                done.set()
+                return
+            try:
+                outcome = serve(fd, fd)
+                log(f"{dev} session: {outcome}")
+                session.drain_until_eof(fd)  # the host disconnects after EXIT
+            finally:
+                os.close(fd)
+            if outcome != session.PROBE and not resume:
+                done.set()
+
+    for dev in ports:
+        threading.Thread(target=port_loop, args=(dev,), name=dev, daemon=True).start()
+    done.wait()

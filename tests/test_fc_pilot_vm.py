@@ -73,8 +73,8 @@ def test_instance_files_while_running_and_sigkill_kills_vm(vm_prefix: VmPrefix) 
     launcher = vm_prefix.popen("hang", "@one")
     try:
         pid = running_vm(vm_prefix, "hang@one")
-        files = vm_prefix.files()
-        assert {"hang@one.vmid", "hang@one.run.ext2", "sci_cmd_hang@one.sock", "hang@one.fc.log"} <= files
+        expected = {"hang@one.vmid", "hang@one.run.ext2", "sci_cmd_hang@one.sock", "hang@one.fc.log"}
+        wait_for(lambda: expected <= vm_prefix.files(), what=f"instance files {expected}")
         assert (vm_prefix.state / "hang@one.vmid").stat().st_mode & 0o777 == 0o600
         assert vm_prefix.state.stat().st_mode & 0o777 == 0o700
         launcher.kill()  # SIGKILL: no cleanup code of the launcher runs

@@ -68,9 +68,30 @@ def _paragraphs(text: str) -> str:
             out.append(
                 ".PP\n.nf\n.RS 4\n" + "\n".join(esc(ln.strip()) for ln in lines) + "\n.RE\n.fi"
             )  # verbatim
+        elif len(lines) > 1 and all(ln.startswith(("  ", "\t")) for ln in lines[1:] if ln.strip()):
+            out.append(".PP\n" + inline(lines[0].strip()) + "\n.nf\n.RS 4\n")
+            out[-1] += "\n".join(esc(ln.rstrip()[_indent(lines[1:]) :]) for ln in lines[1:]) + "\n.RE\n.fi"
+        elif any(ln.startswith("- ") for ln in lines):
+            out.append(_bullets(lines))
         else:
             out.append(".PP\n" + inline(" ".join(ln.strip() for ln in lines)))
     return "\n".join(out) + "\n"
+
+
+def _indent(lines: list[str]) -> int:
+    return min(len(ln) - len(ln.lstrip()) for ln in lines if ln.strip())
+
+
+def _bullets(lines: list[str]) -> str:
+    """Text lines, then ``- item`` lines (continued by indented lines) as a bullet list."""
+    items: list[list[str]] = [[]]
+    for ln in lines:
+        if ln.startswith("- "):
+            items.append([ln[2:].strip()])
+        else:
+            items[-1].append(ln.strip())
+    head = ".PP\n" + inline(" ".join(items[0])) + "\n" if items[0] else ""
+    return head + "\n".join(".IP \\(bu 2\n" + inline(" ".join(item)) for item in items[1:])
 
 
 # -- flake-ctl pages from argparse -------------------------------------------------------------------
@@ -199,6 +220,7 @@ def docstring_page(name: str, section: str, doc: str, extra: str = "") -> str:
     summary, _, body = doc.partition("\n")
     summary = summary.strip().rstrip(".")
     summary = re.sub(r"^[\w.-]+\s*[:-]\s*", "", summary) or summary
+    summary = summary.replace("``", "")
     parts = [_th(name, section), ".SH NAME\n", f"{esc(name)} \\- {esc(summary[:1].lower() + summary[1:])}\n"]
     section_name = "DESCRIPTION"
     chunk: list[str] = []

@@ -37,7 +37,9 @@ class Registry:
         env = {**os.environ, **self.env()}
         if storage is not None:
             env["CONTAINERS_STORAGE_CONF"] = str(storage)
-        subprocess.run(["podman", "push", "-q", image, ref], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ["podman", "push", "-q", image, ref], env=env, check=True, capture_output=True, timeout=120
+        )
         return ref
 
 
@@ -58,14 +60,18 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: flo
                     return
         except OSError:
             time.sleep(0.05)  # poll interval while waiting for the condition
-    raise RuntimeError(f"docker-registry did not answer {url} within {deadline_s} s: {log.read_text()[-2000:]}")
+    raise RuntimeError(
+        f"docker-registry did not answer {url} within {deadline_s} s: {log.read_text()[-2000:]}"
+    )
 
 
 @pytest.fixture(scope="session")
 def local_registry() -> Iterator[Registry]:
     binary = shutil.which(REGISTRY_BIN)
     if binary is None:
-        pytest.fail("docker-registry is not installed: run `make test` (scripts/setup-host.sh --test installs it)")
+        pytest.fail(
+            "docker-registry is not installed: run `make test` (scripts/setup-host.sh --test installs it)"
+        )
     root = Path(tempfile.mkdtemp(prefix="flake-registry-", dir="/var/tmp"))
     root.chmod(0o755)
     port = _free_port()
@@ -79,7 +85,9 @@ def local_registry() -> Iterator[Registry]:
         f"http: {{addr: {location}}}\n"
     )
     registries_conf = root / "registries.conf"
-    registries_conf.write_text(f'unqualified-search-registries = []\n\n[[registry]]\nlocation = "{location}"\ninsecure = true\n')
+    registries_conf.write_text(
+        f'unqualified-search-registries = []\n\n[[registry]]\nlocation = "{location}"\ninsecure = true\n'
+    )
     registries_conf.chmod(0o644)
     log = root / "log"
     with open(log, "wb") as log_handle:

@@ -46,17 +46,22 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 # -- settings ------------------------------------------------------------------------------------
 
+
 def test_settings_defaults_without_file(env: Path) -> None:
     s = settings.load(False)
     assert s.source is None
     assert (s.flakes_dir, s.podman_ids_dir, s.podman_storage_conf) == (
-        "/usr/share/flakes", "/tmp/flakes", "/etc/flakes/storage.conf")
+        "/usr/share/flakes",
+        "/tmp/flakes",
+        "/etc/flakes/storage.conf",
+    )
     assert s.podman_binary == "podman"
 
 
 def test_settings_system_file_and_additions(env: Path) -> None:
     (env / "flakes.yml").write_text(
-        "generic:\n  flakes_dir: /srv/flakes\n  podman_binary: /opt/podman\n  future_key: 1\n")
+        "generic:\n  flakes_dir: /srv/flakes\n  podman_binary: /opt/podman\n  future_key: 1\n"
+    )
     s = settings.load(False)
     assert s.source == str(env / "flakes.yml")
     assert s.flakes_dir == "/srv/flakes"
@@ -78,12 +83,15 @@ def test_settings_user_mode(env: Path) -> None:
     assert (s.flakes_dir, s.podman_storage_conf, s.source) == (f"{home}/f", f"{home}/s.conf", str(cfg))
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("generic:\n  flakes_dir: relative/dir\n", "key 'generic.flakes_dir'"),
-    ("generic:\n  podman_ids_dir: 5\n", "key 'generic.podman_ids_dir'"),
-    ("generic: [a, b]\n", "'generic' section"),
-    ("generic:\n  flakes_dir: [unclosed\n", "invalid YAML at line 3"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("generic:\n  flakes_dir: relative/dir\n", "key 'generic.flakes_dir'"),
+        ("generic:\n  podman_ids_dir: 5\n", "key 'generic.podman_ids_dir'"),
+        ("generic: [a, b]\n", "'generic' section"),
+        ("generic:\n  flakes_dir: [unclosed\n", "invalid YAML at line 3"),
+    ],
+)
 def test_settings_errors_name_file_and_key(env: Path, text: str, needle: str) -> None:
     (env / "flakes.yml").write_text(text)
     with pytest.raises(ConfigError) as err:
@@ -93,6 +101,7 @@ def test_settings_errors_name_file_and_key(env: Path, text: str, needle: str) ->
 
 
 # -- registrations and drop-ins ------------------------------------------------------------------
+
 
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,13 +118,21 @@ def test_original_file_loads_unchanged(tmp_path: Path) -> None:
     assert flake.host_app_path == "/usr/bin/aws"
     assert flake.podman_opts == ("--net host", "-ti")
     assert flake.runas == "root" and not flake.user_mode
-    assert (flake.resume, flake.attach, flake.layers, flake.include) == (False, False, (), flakeconf.Include())
+    assert (flake.resume, flake.attach, flake.layers, flake.include) == (
+        False,
+        False,
+        (),
+        flakeconf.Include(),
+    )
 
 
 def test_dropins_merge_nested_later_scalar_and_list_win(tmp_path: Path) -> None:
     cfg = write(tmp_path / "aws.yaml", ORIGINAL_CONTAINER)
     write(tmp_path / "aws.d/20-opts.yaml", "container:\n  runtime:\n    podman: ['--rm-me']\n")
-    write(tmp_path / "aws.d/10-resume.yaml", "container:\n  runtime:\n    resume: true\n    podman: ['-e', 'X=1']\n")
+    write(
+        tmp_path / "aws.d/10-resume.yaml",
+        "container:\n  runtime:\n    resume: true\n    podman: ['-e', 'X=1']\n",
+    )
     write(tmp_path / "aws.d/30-layer.yaml", "container:\n  base_container: base\n  layers: [l1, l2]\n")
     write(tmp_path / "aws.d/40-notes.txt", "container: {name: ignored}\n")  # only *.yaml are drop-ins
     flake = flakeconf.parse("aws", str(cfg))
@@ -136,17 +153,20 @@ def test_error_names_the_dropin_that_set_the_key(tmp_path: Path) -> None:
     assert "container.runtime.resume" in str(err.value)
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("container:\n  host_app_path: /usr/bin/x\n", "key 'container.name' is missing"),
-    ("container:\n  name: img\n  layers: [a]\n", "needs 'container.base_container'"),
-    ("container:\n  name: img\n  runtime: {resume: true, attach: true}\n", "exclude each other"),
-    ("container:\n  name: img\n  layers: 5\n", "key 'container.layers'"),
-    ("include: {tar: 1}\ncontainer:\n  name: img\n", "key 'include.tar'"),
-    ("container: [1]\n", "key 'container'"),
-    ("- a\n", "expected a mapping"),
-    ("container:\n  name: [unclosed\n", "invalid YAML at line 3"),
-    ("other: 1\n", "neither a 'container' nor a 'vm' section"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("container:\n  host_app_path: /usr/bin/x\n", "key 'container.name' is missing"),
+        ("container:\n  name: img\n  layers: [a]\n", "needs 'container.base_container'"),
+        ("container:\n  name: img\n  runtime: {resume: true, attach: true}\n", "exclude each other"),
+        ("container:\n  name: img\n  layers: 5\n", "key 'container.layers'"),
+        ("include: {tar: 1}\ncontainer:\n  name: img\n", "key 'include.tar'"),
+        ("container: [1]\n", "key 'container'"),
+        ("- a\n", "expected a mapping"),
+        ("container:\n  name: [unclosed\n", "invalid YAML at line 3"),
+        ("other: 1\n", "neither a 'container' nor a 'vm' section"),
+    ],
+)
 def test_registration_errors(tmp_path: Path, text: str, needle: str) -> None:
     cfg = write(tmp_path / "x.yaml", text)
     with pytest.raises(ConfigError) as err:
@@ -173,13 +193,29 @@ def test_written_registration_has_template_shape_and_loads(tmp_path: Path) -> No
     from flake_pilot import yamlio
 
     data = container_config(
-        container="c", app="/usr/bin/a.b", target="/bin/a", base="base", layers=["l"],
-        check_host_dependencies=True, include_tar=["/t.tar"], include_path=[], runas="root",
-        resume=True, attach=False, opts=["--net host"],
+        container="c",
+        app="/usr/bin/a.b",
+        target="/bin/a",
+        base="base",
+        layers=["l"],
+        check_host_dependencies=True,
+        include_tar=["/t.tar"],
+        include_path=[],
+        runas="root",
+        resume=True,
+        attach=False,
+        opts=["--net host"],
     )
     assert list(data) == ["include", "container"]
-    assert list(data["container"]) == ["name", "target_app_path", "host_app_path", "base_container",
-                                       "check_host_dependencies", "layers", "runtime"]
+    assert list(data["container"]) == [
+        "name",
+        "target_app_path",
+        "host_app_path",
+        "base_container",
+        "check_host_dependencies",
+        "layers",
+        "runtime",
+    ]
     assert list(data["container"]["runtime"]) == ["runas", "resume", "attach", "podman"]
     cfg = write(tmp_path / "a.b.yaml", yamlio.dump(data))
     flake = flakeconf.parse("a.b", str(cfg))
@@ -189,6 +225,7 @@ def test_written_registration_has_template_shape_and_loads(tmp_path: Path) -> No
 
 
 # -- flake-ctl helpers ---------------------------------------------------------------------------
+
 
 def test_strip_escape_removes_exactly_one_backslash() -> None:
     assert strip_escape("\\--net host") == "--net host"
@@ -205,15 +242,20 @@ def test_resolve_archive_glob_takes_last_match(tmp_path: Path) -> None:
     for v in ("1.0", "1.2", "1.10"):
         (tmp_path / f"img-{v}.tar").write_text("x")
     assert resolve_archive(str(tmp_path / "img-1.2.tar")) == str(tmp_path / "img-1.2.tar")
-    assert resolve_archive(str(tmp_path / "img-")) == str(tmp_path / "img-1.2.tar")  # sorted order, like the original
+    assert resolve_archive(str(tmp_path / "img-")) == str(
+        tmp_path / "img-1.2.tar"
+    )  # sorted order, like the original
     with pytest.raises(NotFoundError):
         resolve_archive(str(tmp_path / "other"))
     with pytest.raises(UsageError):
         resolve_archive(str(tmp_path))
 
 
-COLS = (output.Column("name", "NAME"), output.Column("id", "ID", shorten=lambda s: s[:3]),
-        output.Column("note", "NOTE"))
+COLS = (
+    output.Column("name", "NAME"),
+    output.Column("id", "ID", shorten=lambda s: s[:3]),
+    output.Column("note", "NOTE"),
+)
 RECS = [{"name": "a.b", "id": "123456", "note": 'say "hi", bye'}, {"name": "c", "id": None, "note": "x\ny"}]
 
 
@@ -225,7 +267,11 @@ def test_output_csv_has_header_and_quotes() -> None:
 
 
 def test_output_json_and_table() -> None:
-    assert json.loads(output.render(RECS, COLS, "json", "h", "e"))[1] == {"name": "c", "id": None, "note": "x\ny"}
+    assert json.loads(output.render(RECS, COLS, "json", "h", "e"))[1] == {
+        "name": "c",
+        "id": None,
+        "note": "x\ny",
+    }
     table = output.render(RECS, COLS, "table", "Things in /x", "none").splitlines()
     assert table[:2] == ["Things in /x", ""]
     assert table[2].split() == ["NAME", "ID", "NOTE"]

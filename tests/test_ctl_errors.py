@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import Prefix
 
 
@@ -48,19 +49,25 @@ def test_relative_app_and_bad_names(prefix: Prefix, bb_image: str) -> None:
     one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/../x"), 2, "'..'")
     one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/.hidden"), 2, "invalid --app name")
     one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/a", "--target", "bin/a"), 2, "--target")
-    one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/a", "--include-tar", "x.tar"), 2,
-                   "--include-tar")
-    one_line_error(prefix.ctl("podman", "register", "--container=-x", "--app", f"{prefix.bin_dir}/a"), 2,
-                   "--container")
+    one_line_error(
+        prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/a", "--include-tar", "x.tar"), 2, "--include-tar"
+    )
+    one_line_error(
+        prefix.ctl("podman", "register", "--container=-x", "--app", f"{prefix.bin_dir}/a"), 2, "--container"
+    )
     one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/a", "--layer", "l1"), 2, "--layer", "--base")
     one_line_error(prefix.ctl("podman", "remove", "--app", "relative"), 2, "--app")
     assert snapshot(prefix.root) == before
 
 
 def test_argparse_errors_exit_2(prefix: Prefix) -> None:
-    for args in (["bogus"], ["podman", "register", "--app", "/x"], ["list", "--format", "xml"],
-                 ["podman", "register", "--container", "c", "--app", "/x", "--resume", "--attach"],
-                 ["podman", "remove", "--app", "/x", "--container", "c"]):
+    for args in (
+        ["bogus"],
+        ["podman", "register", "--app", "/x"],
+        ["list", "--format", "xml"],
+        ["podman", "register", "--container", "c", "--app", "/x", "--resume", "--attach"],
+        ["podman", "remove", "--app", "/x", "--container", "c"],
+    ):
         proc = prefix.ctl(*args)
         assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr, args
 
@@ -70,9 +77,16 @@ def test_malformed_generic_config(prefix: Prefix) -> None:
     one_line_error(prefix.ctl("list"), 3, str(prefix.config), "invalid YAML at line")
     prefix.config.write_text("generic:\n  flakes_dir: relative/flakes\n")
     one_line_error(prefix.ctl("list"), 3, str(prefix.config), "generic.flakes_dir")
-    prefix.config.write_text(f"generic:\n  flakes_dir: {prefix.flakes_dir}\n  podman_storage_conf: /nowhere/s.conf\n")
-    one_line_error(prefix.ctl("podman", "pull", "--uri", "x/y"), 3, str(prefix.config),
-                   "generic.podman_storage_conf", "/nowhere/s.conf")
+    prefix.config.write_text(
+        f"generic:\n  flakes_dir: {prefix.flakes_dir}\n  podman_storage_conf: /nowhere/s.conf\n"
+    )
+    one_line_error(
+        prefix.ctl("podman", "pull", "--uri", "x/y"),
+        3,
+        str(prefix.config),
+        "generic.podman_storage_conf",
+        "/nowhere/s.conf",
+    )
 
 
 def test_broken_registrations_are_reported_and_listing_goes_on(prefix: Prefix, bb_image: str) -> None:
@@ -86,12 +100,19 @@ def test_broken_registrations_are_reported_and_listing_goes_on(prefix: Prefix, b
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     rows = proc.stdout.splitlines()
     assert rows[0] == "name,engine,target,host_app_path,config"
-    assert [r.split(",")[:2] for r in rows[1:]] == [["bad", ""], ["good", "podman"], ["noname", ""], ["typo", ""]]
+    assert [r.split(",")[:2] for r in rows[1:]] == [
+        ["bad", ""],
+        ["good", "podman"],
+        ["noname", ""],
+        ["typo", ""],
+    ]
     errors = proc.stderr.splitlines()
     assert len(errors) == 3
     assert f"{prefix.flakes_dir}/bad.yaml: invalid YAML" in errors[0]
     assert "key 'container.name' is missing" in errors[1]
-    assert f"{prefix.flakes_dir}/typo.yaml: key 'container.runtime.resume': expected true or false" in errors[2]
+    assert (
+        f"{prefix.flakes_dir}/typo.yaml: key 'container.runtime.resume': expected true or false" in errors[2]
+    )
     assert snapshot(prefix.root) == before
 
 
@@ -101,8 +122,12 @@ def test_symlink_deleted_by_hand(prefix: Prefix, bb_image: str) -> None:
     app.unlink()
     before = snapshot(prefix.root)
     one_line_error(prefix.ctl("podman", "remove", "--app", str(app)), 5, str(app), "missing", "--force")
-    one_line_error(prefix.ctl("podman", "register", "--container", bb_image, "--app", str(app)), 5,
-                   "gone.yaml", "--force")
+    one_line_error(
+        prefix.ctl("podman", "register", "--container", bb_image, "--app", str(app)),
+        5,
+        "gone.yaml",
+        "--force",
+    )
     assert snapshot(prefix.root) == before
     assert prefix.ctl("podman", "remove", "--app", str(app), "--force").returncode == 0
     assert not (prefix.flakes_dir / "gone.yaml").exists() and not (prefix.flakes_dir / "gone.d").exists()
@@ -121,7 +146,9 @@ def test_remove_refuses_foreign_file(prefix: Prefix) -> None:
 def test_failed_registration_rolls_back(prefix: Prefix, bb_image: str) -> None:
     (prefix.root / "blocker").write_text("a file where the app's directory should be\n")
     before = snapshot(prefix.root)
-    proc = prefix.ctl("podman", "register", "--container", bb_image, "--app", str(prefix.root / "blocker/app"))
+    proc = prefix.ctl(
+        "podman", "register", "--container", bb_image, "--app", str(prefix.root / "blocker/app")
+    )
     one_line_error(proc, 1, "registration failed")
     assert snapshot(prefix.root) == before  # config and drop-in dir were rolled back
 
@@ -137,18 +164,28 @@ def test_missing_podman_binary(prefix: Prefix, how: str) -> None:
         env = {}
         needle = "/nonexistent/podman: not found or not executable"
     before = snapshot(prefix.root)
-    for args in (["podman", "pull", "--uri", "x/y"], ["podman", "load", "--oci", str(prefix.config)],
-                 ["podman", "remove", "--container", "x/y"], ["podman", "register", "--container", "x", "--info"]):
+    for args in (
+        ["podman", "pull", "--uri", "x/y"],
+        ["podman", "load", "--oci", str(prefix.config)],
+        ["podman", "remove", "--container", "x/y"],
+        ["podman", "register", "--container", "x", "--info"],
+    ):
         one_line_error(prefix.ctl(*args, env=env), 6, needle)
     assert snapshot(prefix.root) == before
 
 
 def test_unknown_image(prefix: Prefix) -> None:
     before = snapshot(prefix.root)
-    one_line_error(prefix.ctl("podman", "remove", "--container", "localhost/flake-test/unknown"), 4,
-                   "localhost/flake-test/unknown")
-    one_line_error(prefix.ctl("podman", "register", "--container", "localhost/flake-test/unknown", "--info"), 4,
-                   "localhost/flake-test/unknown")
+    one_line_error(
+        prefix.ctl("podman", "remove", "--container", "localhost/flake-test/unknown"),
+        4,
+        "localhost/flake-test/unknown",
+    )
+    one_line_error(
+        prefix.ctl("podman", "register", "--container", "localhost/flake-test/unknown", "--info"),
+        4,
+        "localhost/flake-test/unknown",
+    )
     # an unknown image on pull: test_ctl_podman.py::test_pull_from_local_registry
     assert snapshot(prefix.root) == before
 

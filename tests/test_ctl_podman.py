@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Prefix, busybox_rootfs_tar, import_image, make_prefix, podman, storage_conf
-from registry import Registry, local_registry  # noqa: F401 - fixture
 
+from conftest import BIN, Prefix, busybox_rootfs_tar, import_image, make_prefix, podman, storage_conf
 from flake_pilot import flakeconf
+from registry import Registry, local_registry  # noqa: F401 - fixture
 
 
 def unmount_under(root: Path) -> None:
@@ -50,9 +50,30 @@ def register(p: Prefix, app: str, *extra: str, image: str) -> Path:
 
 
 def test_register_list_remove_roundtrip(prefix: Prefix, bb_image: str) -> None:
-    app = register(prefix, "bb.echo", "--target", "/bin/echo", "--opt", "\\--net host", "\\-e", "X=1",
-                   "--layer", "l1", "l2", "--layer", "l3", "--base", "base", "--include-tar", "/t.tar",
-                   "--include-path", "/etc/hosts", "--check-host-dependencies", "--resume", image=bb_image)
+    app = register(
+        prefix,
+        "bb.echo",
+        "--target",
+        "/bin/echo",
+        "--opt",
+        "\\--net host",
+        "\\-e",
+        "X=1",
+        "--layer",
+        "l1",
+        "l2",
+        "--layer",
+        "l3",
+        "--base",
+        "base",
+        "--include-tar",
+        "/t.tar",
+        "--include-path",
+        "/etc/hosts",
+        "--check-host-dependencies",
+        "--resume",
+        image=bb_image,
+    )
     assert os.readlink(app) == str(BIN / "podman-pilot")
     cfg = prefix.flakes_dir / "bb.echo.yaml"
     assert (prefix.flakes_dir / "bb.echo.d").is_dir()
@@ -68,8 +89,13 @@ def test_register_list_remove_roundtrip(prefix: Prefix, bb_image: str) -> None:
     register(prefix, "plain", image=bb_image)
     listed = json.loads(ok(prefix.ctl("list", "--format", "json")).stdout)
     assert [r["name"] for r in listed] == ["bb.echo", "plain"]
-    assert listed[0] == {"name": "bb.echo", "engine": "podman", "target": "/bin/echo",
-                         "host_app_path": str(app), "config": str(cfg)}
+    assert listed[0] == {
+        "name": "bb.echo",
+        "engine": "podman",
+        "target": "/bin/echo",
+        "host_app_path": str(app),
+        "config": str(cfg),
+    }
     assert listed[1]["target"] == str(prefix.bin_dir / "plain")  # --target defaults to --app
     csv_lines = ok(prefix.ctl("list", "--format", "csv")).stdout.splitlines()
     assert csv_lines[0] == "name,engine,target,host_app_path,config"
@@ -101,8 +127,9 @@ def test_register_refuses_non_flake_file_without_force(prefix: Prefix, bb_image:
     assert os.path.islink(app)
 
 
-def test_load_archive_with_glob_fallback(tmp_path: Path, system_storage: Path, bb_image: str,
-                                        private_store: Path) -> None:
+def test_load_archive_with_glob_fallback(
+    tmp_path: Path, system_storage: Path, bb_image: str, private_store: Path
+) -> None:
     archive = tmp_path / "bb-image-1.0.tar"
     podman("save", "-q", "-o", str(archive), bb_image, storage=system_storage)
     store = private_store
@@ -114,8 +141,13 @@ def test_load_archive_with_glob_fallback(tmp_path: Path, system_storage: Path, b
     assert missing.returncode == 4 and "nothing-here" in missing.stderr and missing.stderr.count("\n") == 1
 
 
-def test_pull_from_local_registry(tmp_path: Path, system_storage: Path, bb_image: str, private_store: Path,
-                                  local_registry: Registry) -> None:  # noqa: F811 - fixture
+def test_pull_from_local_registry(
+    tmp_path: Path,
+    system_storage: Path,
+    bb_image: str,
+    private_store: Path,
+    local_registry: Registry,  # noqa: F811 - fixture
+) -> None:
     ref = local_registry.push(bb_image, "tools/bb:1", storage=system_storage)
     store = private_store
     p = make_prefix(tmp_path / "p", store)
@@ -123,8 +155,9 @@ def test_pull_from_local_registry(tmp_path: Path, system_storage: Path, bb_image
     assert proc.stdout.startswith(f"pulled {ref}")
     assert podman("image", "exists", ref, storage=store, check=False).returncode == 0
     # an unknown image: podman's reason in one line, no retry, nothing pulled
-    bad = p.ctl("--debug", "podman", "pull", "--uri", f"{local_registry.location}/no/such:1",
-                env=local_registry.env())
+    bad = p.ctl(
+        "--debug", "podman", "pull", "--uri", f"{local_registry.location}/no/such:1", env=local_registry.env()
+    )
     assert bad.returncode == 6
     assert len(engine_calls(bad.stderr, "pull")) == 1  # --debug prints each command line: exactly one try
     assert "manifest unknown" in bad.stderr.splitlines()[-1] or "not found" in bad.stderr.splitlines()[-1]
@@ -146,7 +179,9 @@ def _cid_file(p: Prefix, name: str, content: str) -> Path:
 def test_show_instances_with_one_podman_call(prefix: Prefix, bb_image: str) -> None:
     register(prefix, "svc", "--resume", image=bb_image)
     storage = prefix.storage
-    running = podman("run", "-d", "--network", "none", bb_image, "sleep", "120", storage=storage).stdout.strip()
+    running = podman(
+        "run", "-d", "--network", "none", bb_image, "sleep", "120", storage=storage
+    ).stdout.strip()
     created = podman("create", "--network", "none", bb_image, "true", storage=storage).stdout.strip()
     try:
         _cid_file(prefix, "svc", running + "\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import BIN, TEST_USER, podman
 from registry import Registry, local_registry  # noqa: F401 - fixture
 
@@ -40,8 +41,13 @@ class User:
         return [f"{k}={v}" for k, v in {**base, **extra}.items()]
 
     def run(self, *argv: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["runuser", "-u", self.name, "--", "env", "-i", *self.env(**extra), *argv],
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["runuser", "-u", self.name, "--", "env", "-i", *self.env(**extra), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def ctl(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
         return self.run(str(BIN / "flake-ctl"), *args, **extra)
@@ -67,7 +73,9 @@ def user() -> Iterator[User]:
     try:
         pw = pwd.getpwnam(TEST_USER)
     except KeyError:
-        pytest.fail(f"test user {TEST_USER} missing: run `make test` (scripts/setup-host.sh --test creates it)")
+        pytest.fail(
+            f"test user {TEST_USER} missing: run `make test` (scripts/setup-host.sh --test creates it)"
+        )
     root = Path(tempfile.mkdtemp(prefix="flake-user-", dir="/var/tmp"))
     root.chmod(0o755)
     home = root / "home"
@@ -77,8 +85,10 @@ def user() -> Iterator[User]:
     ids.mkdir()
     ids.chmod(0o1777)
     config = root / "flakes.yml"
-    config.write_text(f"generic:\n  flakes_dir: {root / 'system-flakes'}\n  podman_ids_dir: {ids}\n"
-                      f"  firecracker_ids_dir: {ids}\n")
+    config.write_text(
+        f"generic:\n  flakes_dir: {root / 'system-flakes'}\n  podman_ids_dir: {ids}\n"
+        f"  firecracker_ids_dir: {ids}\n"
+    )
     config.chmod(0o644)
     try:
         yield User(TEST_USER, pw.pw_uid, home, config, ids)
@@ -98,12 +108,14 @@ def test_init_user_writes_config_like_the_original(user: User) -> None:
     proc = ok(user.ctl("init", "--user"))
     cfg = user.home / ".config/flakes.yml"
     data = yaml.safe_load(cfg.read_text())
-    assert data == {"generic": {
-        "flakes_dir": str(user.home / ".config/flakes"),
-        "podman_ids_dir": str(user.ids_dir),  # copied from the system config
-        "firecracker_ids_dir": str(user.ids_dir),
-        "podman_storage_conf": str(user.storage_conf),
-    }}
+    assert data == {
+        "generic": {
+            "flakes_dir": str(user.home / ".config/flakes"),
+            "podman_ids_dir": str(user.ids_dir),  # copied from the system config
+            "firecracker_ids_dir": str(user.ids_dir),
+            "podman_storage_conf": str(user.storage_conf),
+        }
+    }
     graph = user.home / ".config/flakes/podman/storage"
     assert f'graphroot = "{graph}"' in user.storage_conf.read_text()
     assert f"CONTAINERS_STORAGE_CONF={user.storage_conf}" in proc.stdout
@@ -111,19 +123,30 @@ def test_init_user_writes_config_like_the_original(user: User) -> None:
     # existing files are kept without --force, replaced with it
     cfg.write_text("generic: {flakes_dir: /custom}\n")
     again = ok(user.ctl("init", "--user"))
-    assert again.stderr.count("keeping existing") == 2 and cfg.read_text() == "generic: {flakes_dir: /custom}\n"
+    assert (
+        again.stderr.count("keeping existing") == 2 and cfg.read_text() == "generic: {flakes_dir: /custom}\n"
+    )
     ok(user.ctl("init", "--user", "--force"))
     assert yaml.safe_load(cfg.read_text()) == data
 
 
-def test_user_flakes_end_to_end(user: User, archive: Path, bb_image: str, system_storage: Path,
-                                local_registry: Registry) -> None:  # noqa: F811 - fixture
+def test_user_flakes_end_to_end(
+    user: User,
+    archive: Path,
+    bb_image: str,
+    system_storage: Path,
+    local_registry: Registry,  # noqa: F811 - fixture
+) -> None:
     ok(user.ctl("init", "--user"))
     loaded = ok(user.ctl("podman", "--user", "load", "--oci", str(archive)))
     assert bb_image in loaded.stdout and user.image_exists(bb_image)
 
     app = user.home / "bin/bb-cat"
-    ok(user.ctl("podman", "--user", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/cat"))
+    ok(
+        user.ctl(
+            "podman", "--user", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/cat"
+        )
+    )
     assert os.readlink(app) == str(BIN / "podman-pilot") and app.lstat().st_uid == user.uid
     cfg = user.home / ".config/flakes/bb-cat.yaml"
     assert yaml.safe_load(cfg.read_text())["container"]["runtime"]["runas"] == user.name
@@ -132,7 +155,9 @@ def test_user_flakes_end_to_end(user: User, archive: Path, bb_image: str, system
 
     listed = json.loads(ok(user.ctl("list", "--user", "--format", "json")).stdout)
     assert [(r["name"], r["engine"], r["host_app_path"]) for r in listed] == [
-        ("bb-cat", "podman", str(app)), ("bb2", "podman", str(user.home / "bin/bb2"))]
+        ("bb-cat", "podman", str(app)),
+        ("bb2", "podman", str(user.home / "bin/bb2")),
+    ]
     system = ok(user.ctl("list", "--format", "json"))  # the system scope is a different one
     assert json.loads(system.stdout) == []
 
@@ -143,11 +168,28 @@ def test_user_flakes_end_to_end(user: User, archive: Path, bb_image: str, system
     for path in (private, private / "bb-cat@x.cid"):
         os.chown(path, user.uid, -1)
     shown = json.loads(ok(user.ctl("podman", "--user", "show", "--format", "json")).stdout)
-    assert shown == [{"name": "bb-cat@x", "user": user.name, "id": "f" * 64, "status": "stopped",
-                      "image": bb_image, "config": str(cfg)}]
+    assert shown == [
+        {
+            "name": "bb-cat@x",
+            "user": user.name,
+            "id": "f" * 64,
+            "status": "stopped",
+            "image": bb_image,
+            "config": str(cfg),
+        }
+    ]
 
     ref = local_registry.push(bb_image, "user/bb:2", storage=system_storage)
-    ok(user.ctl("podman", "--user", "pull", "--uri", ref, CONTAINERS_REGISTRIES_CONF=str(local_registry.registries_conf)))
+    ok(
+        user.ctl(
+            "podman",
+            "--user",
+            "pull",
+            "--uri",
+            ref,
+            CONTAINERS_REGISTRIES_CONF=str(local_registry.registries_conf),
+        )
+    )
     assert user.image_exists(ref)
 
     ok(user.ctl("podman", "--user", "remove", "--app", str(app)))

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,7 +142,8 @@ class Guest:
 
     def run(self, argv: list[str], stdin: bytes | None = b"", *, port: int = 0,
             env: dict[str, str] | None = None, cwd: str = "/", tty: bool = False, rows: int = 0,
-            cols: int = 0, timeout: float = 120.0, stdout_fd: int | None = None) -> Result:
+            cols: int = 0, timeout: float = 120.0, stdout_fd: int | None = None,
+            forward_signals: bool = False, on_started: Callable[[int], None] | None = None) -> Result:
         """One session: returns status, stdout, stderr and timings. *stdout_fd*: stream stdout
         there instead of collecting it."""
         sock = self.connect(port)
@@ -173,6 +175,8 @@ class Guest:
         def started(pid: int) -> None:
             result.started_at = time.monotonic()
             result.pid = pid
+            if on_started is not None:
+                on_started(pid)
 
         timer = threading.Timer(timeout, sock.shutdown, args=(socket.SHUT_RDWR,))
         timer.start()
@@ -180,7 +184,7 @@ class Guest:
             result.status = protocol.run_session(
                 sock, protocol.Request(argv, env or {}, cwd, tty, rows, cols), in_r,
                 out_w if stdout_fd is None else stdout_fd, err_w, handshake_timeout=timeout,
-                forward_signals=False, on_started=started)
+                forward_signals=forward_signals, on_started=started)
             result.ended_at = time.monotonic()
         finally:
             timer.cancel()

@@ -18,7 +18,6 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 
 from .errors import EngineError
 
@@ -274,7 +273,7 @@ class _RawTerminal:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.saved: list[Any] | None = None
+        self.saved: list[int | list[bytes | int]] | None = None
 
     def __enter__(self) -> _RawTerminal:
         if os.isatty(self.fd):

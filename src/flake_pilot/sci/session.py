@@ -14,9 +14,9 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from .. import protocol as p
+from .reaper import Reaper, ThreadWaiter
 
 TIOCSCTTY = 0x540E  # no termios module in python3-minimal; generic Linux values (x86, arm)
 TIOCSWINSZ = 0x5414
@@ -25,9 +25,7 @@ FLUSH_TIMEOUT = 10.0
 PROBE = "empty connection (readiness probe)"
 
 
-class Waiter(Protocol):
-    def watch(self, pid: int) -> int: ...
-    def status(self, pid: int) -> int: ...
+Waiter = Reaper | ThreadWaiter  # watch(pid) -> fd readable at exit; status(pid) -> wait status
 
 
 def set_winsize(fd: int, rows: int, cols: int) -> None:

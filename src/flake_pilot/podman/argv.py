@@ -16,7 +16,8 @@ OPTIONS = ("interactive", "remove", "progress", "ignore_missing_volume_path", "i
 MAX_EXPANSIONS = 64  # %VAR substitutions per runtime.podman entry
 MAX_EXPANDED = 65536  # characters of one expanded entry
 # chosen by the launcher from the caller's terminal, never taken from the registration
-TTY_FLAGS = frozenset({"-t", "-i", "-it", "-ti", "--tty", "--interactive", "--tty=true", "--interactive=true"})
+TTY_FLAGS = frozenset({"-t", "-i", "-it", "-ti", "--tty", "--interactive", "--tty=true",
+                       "--interactive=true"})
 KEEPALIVE = ("/run/podman-init", "-P")  # catatonit (mounted by --init) in pause mode
 
 
@@ -49,7 +50,7 @@ def split_caller_args(args: Sequence[str], validate: Callable[[str], str] | None
                 key, value = arg[1:], ""
             if key not in OPTIONS:
                 known = " ".join("%" + o for o in OPTIONS)
-                raise ValueError(f"unknown launcher option {arg!r} (known: {known}; pass %%x for a literal %x)")
+                raise ValueError(f"unknown launcher option {arg!r} (known: {known}; %%x passes a literal %x)")
             options[key] = value
         else:
             app_args.append(arg)
@@ -154,12 +155,22 @@ def tty_flags(tty: bool) -> list[str]:
     return ["-i", "-t"] if tty else ["-i"]
 
 
+def init_flag(tty: bool) -> list[str]:
+    return ["--init"] if tty else []
+
+
 def run_argv(
     prefix: Sequence[str], image: str, target: str, opts: Sequence[str], app_args: Sequence[str],
     tty: bool, cidfile: str, pidfile: str,
 ) -> list[str]:
-    """One-shot: ``podman run --rm`` (removed at exit); --init so signals reach a non-PID-1 app."""
-    argv = [*prefix, "run", "--rm", *tty_flags(tty), "--init", "--pull=missing",
+    """One-shot: ``podman run --rm`` (removed at exit).
+
+    Without a terminal the app is PID 1 (no --init), so runc's exact 126/127 reach scripts and
+    proc.py makes signals from the caller end the app. With a terminal, --init (catatonit)
+    makes Ctrl-C, typed into the container's terminal, work for apps without a SIGINT handler;
+    a missing target then exits 1 (catatonit's code) with its message on the terminal.
+    """
+    argv = [*prefix, "run", "--rm", *tty_flags(tty), *init_flag(tty), "--pull=missing",
             "--cidfile", cidfile, "--conmon-pidfile", pidfile]
     if target != "/":
         argv += ["--entrypoint", target]
@@ -171,17 +182,19 @@ def create_argv(
     tty: bool, cidfile: str, pidfile: str,
 ) -> list[str]:
     """Attach mode: a kept container running the app, started with ``start --attach``."""
-    argv = [*prefix, "create", *tty_flags(tty), "--init", "--pull=missing",
+    argv = [*prefix, "create", *tty_flags(tty), *init_flag(tty), "--pull=missing",
             "--cidfile", cidfile, "--conmon-pidfile", pidfile]
     if target != "/":
         argv += ["--entrypoint", target]
     return [*argv, *opts, image, *app_args]
 
 
-def resume_create_argv(prefix: Sequence[str], image: str, opts: Sequence[str], cidfile: str, pidfile: str) -> list[str]:
+def resume_create_argv(
+    prefix: Sequence[str], image: str, opts: Sequence[str], cidfile: str, pidfile: str
+) -> list[str]:
     """Resume: a long-lived instance idling in catatonit's pause mode (no ``sleep`` needed)."""
-    return [*prefix, "run", "-d", "--init", "--pull=missing", "--cidfile", cidfile, "--conmon-pidfile", pidfile,
-            "--entrypoint", KEEPALIVE[0], *opts, image, *KEEPALIVE[1:]]
+    return [*prefix, "run", "-d", "--init", "--pull=missing", "--cidfile", cidfile,
+            "--conmon-pidfile", pidfile, "--entrypoint", KEEPALIVE[0], *opts, image, *KEEPALIVE[1:]]
 
 
 def exec_argv(

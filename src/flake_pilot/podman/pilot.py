@@ -72,7 +72,8 @@ def launch(app: str, args: list[str]) -> int:
     from . import argv, plan
 
     if app in ("podman-pilot", "") or app.startswith("."):
-        raise UsageError("call podman-pilot through an app symlink (flake-ctl podman register --app /usr/bin/NAME)")
+        raise UsageError("call podman-pilot through an app symlink "
+                         "(flake-ctl podman register --app /usr/bin/NAME ...)")
     with debug.phase("plan"):
         p = plan.load(app)
     if not p.user_mode and os.getuid() != 0:
@@ -114,7 +115,6 @@ def launch(app: str, args: list[str]) -> int:
 
 def _oneshot(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str], image: str,
              opts: list[str], state: str, tty: bool) -> int:
-    from .. import runner
     from ..errors import ConflictError
     from . import argv, instance
 
@@ -129,8 +129,6 @@ def _oneshot(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str]
         instance.clear(paths)  # left by a crash: never blocks a launch
     cmd = argv.run_argv(prefix, image, p.target, opts, caller.app_args, tty, paths.cid, paths.pid)
     debug.timing()
-    if not tty:
-        runner.exec_replace(cmd, env)
     from . import proc
 
     code = proc.supervise(cmd, env, proc.by_conmon(paths.pid, paths.cid))
@@ -172,7 +170,8 @@ def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list
             return old
         runner.run([*prefix, "rm", "-f", "-t", "0", old], env=env, check=False)
     instance.clear(paths)
-    done = runner.run(argv.resume_create_argv(prefix, image, opts, paths.cid, paths.pid), env=env, check=False)
+    create = argv.resume_create_argv(prefix, image, opts, paths.cid, paths.pid)
+    done = runner.run(create, env=env, check=False)
     cid = instance.read_cid(paths.cid)
     if done.returncode != 0 or not cid:
         if cid:
@@ -204,8 +203,8 @@ def _attach(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str],
                 cid = instance.read_cid(paths.cid)
                 if done.returncode != 0 or not cid:
                     instance.clear(paths)
-                    raise EngineError(f"{image}: cannot create the container: {runner.first_line(done.stderr)}",
-                                      done.returncode)
+                    why = runner.first_line(done.stderr)
+                    raise EngineError(f"{image}: cannot create the container: {why}", done.returncode)
             cmd = [*prefix, "start", "--attach", "-i", cid]
     debug.timing()
     code = proc.supervise(cmd, env, proc.by_conmon(paths.pid, paths.cid))

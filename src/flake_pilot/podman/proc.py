@@ -82,6 +82,8 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
             status = st
         return done != 0
 
+    killed: list[int] = []
+
     def forward(signum: int, _frame: object) -> None:
         if signum == signal.SIGWINCH:
             os.kill(pid, signum)
@@ -91,8 +93,12 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
             targets = find()
             if targets:
                 for target in targets:
+                    send = signum
+                    if is_pid1_without_handler(target, signum):
+                        send = signal.SIGKILL
+                        killed.append(signum)
                     try:
-                        os.kill(target, signum)
+                        os.kill(target, send)
                     except OSError:
                         pass
                 return
@@ -107,7 +113,24 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
         pass
     for signum in FORWARD:
         signal.signal(signum, signal.SIG_DFL)
-    return exit_code(status)
+    code = exit_code(status)
+    if killed and code == 128 + signal.SIGKILL:
+        return 128 + killed[0]  # what the app would have reported had it not been PID 1
+    return code
+
+
+def is_pid1_without_handler(pid: int, signum: int) -> bool:
+    """The kernel drops a signal sent to a PID namespace's init unless init handles it. For
+    such an app the default action (terminate) is carried out with SIGKILL: same outcome, the
+    launcher then reports 128+signum like for any other app."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
+        nspid = fields[b"NSpid"].split()
+        caught = int(fields[b"SigCgt"], 16) | int(fields[b"SigIgn"], 16)
+    except (OSError, KeyError, ValueError):
+        return False
+    return len(nspid) > 1 and nspid[-1] == b"1" and not caught & (1 << (signum - 1))
 
 
 def exit_code(status: int | None) -> int:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from flake_pilot.sci import bundle, cmdline
+from flake_pilot import protocol
+from flake_pilot.sci import bundle, cmdline, reaper, session, transport
 
 
 def test_kernel_cmdline_quotes_flags_and_end_marker() -> None:
@@ -88,3 +91,60 @@ def test_zipapp_is_self_contained_and_reproducible(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-I", str(dest), "--version"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=30)
     assert (proc.returncode, proc.stdout) == (0, "sci 1\n")
+
+
+def _listener(tmp_path: Path, resume: bool) -> tuple[str, threading.Thread]:
+    path = str(tmp_path / "l.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(8)
+    waiter = reaper.ThreadWaiter()
+
+    def serve(rfd: int, wfd: int) -> str:
+        return session.serve(rfd, wfd, waiter, {"PATH": "/usr/bin:/bin"}, handshake_timeout=5)
+
+    t = threading.Thread(target=transport.serve_listener, args=(srv, serve, resume), daemon=True)
+    t.start()
+    return path, t
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+
+
+def test_listener_ignores_probes_and_ends_after_one_session(tmp_path: Path) -> None:
+    path, thread = _listener(tmp_path, resume=False)
+    _connect(path).close()  # readiness probe, as Firecracker-era hosts do
+    out_r, out_w = os.pipe()
+    with _connect(path) as s:
+        assert protocol.run_session(s, protocol.Request(["/bin/echo", "one"]), None, out_w, 2,
+                                    forward_signals=False) == 0
+    os.close(out_w)
+    assert os.read(out_r, 100) == b"one\n"
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_listener_in_resume_mode_serves_sessions_concurrently(tmp_path: Path) -> None:
+    path, thread = _listener(tmp_path, resume=True)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    results: list[int] = []
+    a_out_r, a_out_w = os.pipe()
+
+    def session_a() -> None:
+        with _connect(path) as s:
+            req = protocol.Request(["/bin/cat", str(fifo)])
+            results.append(protocol.run_session(s, req, None, a_out_w, 2, forward_signals=False))
+
+    a = threading.Thread(target=session_a)
+    a.start()
+    with _connect(path) as s:  # B feeds A's fifo: only possible while A is being served
+        req = protocol.Request(["/bin/sh", "-c", f"echo from-b > {fifo}"])
+        assert protocol.run_session(s, req, None, 1, 2, forward_signals=False) == 0
+    a.join(10)
+    os.close(a_out_w)
+    assert results == [0] and os.read(a_out_r, 100) == b"from-b\n"
+    assert thread.is_alive()  # resume: still listening

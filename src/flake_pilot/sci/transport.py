@@ -28,12 +28,18 @@ def serve_vsock(port: int, serve: Serve, resume: bool) -> None:
         reason = getattr(exc, "strerror", None) or exc
         raise SciError(f"cannot listen on vsock port {port}: {reason}") from exc
     log(f"listening on vsock port {port}")
+    serve_listener(srv, serve, resume)
+
+
+def serve_listener(srv: socket.socket, serve: Serve, resume: bool) -> None:
+    """One session per accepted connection (a thread each in resume mode); without resume, return
+    after the first real session (empty probe connections do not count)."""
     done = threading.Event()
 
     def handle(conn: socket.socket) -> None:
         with conn:
             outcome = serve(conn.fileno(), conn.fileno())
-        log(f"vsock session: {outcome}")
+        log(f"session: {outcome}")
         if outcome != session.PROBE:
             done.set()
 

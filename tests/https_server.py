@@ -41,6 +41,8 @@ class Site:
     files: dict[str, bytes] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
     drop: set[str] = field(default_factory=set)  # send half the body, then cut the connection
+    stall: set[str] = field(default_factory=set)  # send half the body, then wait for `release`
+    release: threading.Event = field(default_factory=threading.Event)
     log: list[str] = field(default_factory=list)
 
 
@@ -69,6 +71,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if self.path in site.stall:
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            site.release.wait(60)
+            self.close_connection = True
+            return
         if self.path in site.drop:
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
@@ -124,6 +132,7 @@ def serve(site: Site, cert: tuple[Path, Path] | None) -> Iterator[Running]:
     try:
         yield Running(site, f"{scheme}://localhost:{port}", port)
     finally:
+        site.release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -584,10 +585,55 @@ def test_install_sci_uses_the_sci_bundle(fc: Prefix, tmp_path: Path, rootfs_byte
     rootfs, kernel = tmp_path / "rootfs.ext4", tmp_path / "vmlinux"
     rootfs.write_bytes(rootfs_bytes)
     kernel.write_bytes(b"kernel")
-    res = fc.ctl("firecracker", "pull", "--name", "ready", "--rootfs", str(rootfs), "--kernel", str(kernel),
-                 "--install-sci")
+    res = fc.ctl(
+        "firecracker",
+        "pull",
+        "--name",
+        "ready",
+        "--rootfs",
+        str(rootfs),
+        "--kernel",
+        str(kernel),
+        "--install-sci",
+    )
     assert res.returncode == 0, res.stderr
     stored = registry(fc) / "images" / "ready" / "rootfs"
     assert debugfs_cat(stored, "/usr/sbin/sci") == bundle.build_bytes()
     listing = json.loads(fc.ctl("firecracker", "images", "--format", "json").stdout)
     assert [(i["name"], i["guest"]) for i in listing] == [("ready", "ready")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_pull_leaves_the_registry_as_it_was(
+    fc: Prefix, cert: tuple[Path, Path], kis_site: Site, signum: int
+) -> None:
+    kis_site.files["/big.tar.xz"] = kis_tarball(kis_members(os.urandom(512 * 2048)), "gz")  # 1 MiB
+    kis_site.stall.add("/big.tar.xz")
+    with serve(kis_site, cert) as srv:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "flake-ctl"),
+                "firecracker",
+                "pull",
+                "--name",
+                "leap",
+                "--kis-image",
+                srv.url("/big.tar.xz"),
+            ],
+            env=fc.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not list(registry(fc).glob(".pull-leap-*/download/kis")) or not any(
+            f.stat().st_size > 0 for f in registry(fc).glob(".pull-leap-*/download/kis")
+        ):
+            assert proc.poll() is None and time.monotonic() < deadline, "the pull did not start downloading"
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == (130 if signum == signal.SIGINT else 128 + signum), err
+    assert "Traceback" not in err
+    assert sorted(snapshot(fc)) == ["images", "storage"]
+    assert_clean(fc)

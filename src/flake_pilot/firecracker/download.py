@@ -130,9 +130,10 @@ def _reason(reason: object) -> str:
 
 
 def _chunks(stream: IO[bytes] | Any, where: str) -> Iterator[bytes]:
+    read = getattr(stream, "read1", stream.read)  # whatever has arrived: the bar moves on slow links
     while True:
         try:
-            data = stream.read(CHUNK)
+            data = read(CHUNK)
         except (OSError, http.client.HTTPException) as exc:
             raise DownloadError(f"{where}: transfer failed: {_reason(exc)}") from None
         if not data:

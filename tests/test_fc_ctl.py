@@ -637,3 +637,25 @@ def test_interrupted_pull_leaves_the_registry_as_it_was(
     assert "Traceback" not in err
     assert sorted(snapshot(fc)) == ["images", "storage"]
     assert_clean(fc)
+
+
+def test_remove_vm_refuses_while_an_instance_runs(
+    pulled: Prefix, fake_firecracker: subprocess.Popen[bytes]
+) -> None:
+    assert (
+        pulled.ctl(
+            "firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "busy")
+        ).returncode
+        == 0
+    )
+    ids = pulled.ids_dir / str(os.getuid())
+    ids.mkdir(parents=True)
+    (ids / "busy@one.vmid").write_text(str(fake_firecracker.pid))
+    refused = pulled.ctl("firecracker", "remove", "--vm", "leap")
+    assert refused.returncode == 5 and "busy@one" in refused.stderr
+    assert (registry(pulled) / "images" / "leap" / "rootfs").is_file() and (
+        pulled.flakes_dir / "busy.yaml"
+    ).exists()
+    forced = pulled.ctl("firecracker", "remove", "--vm", "leap", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert not (registry(pulled) / "images" / "leap").exists()

@@ -80,7 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     what.add_argument("--app", help="absolute path of the registered command")
     what.add_argument("--vm", help="image name: removes its registrations and the image")
     p.add_argument("--force", action="store_true",
-                   help="with --app: remove even if symlink or config are missing (never a non-symlink)")
+                   help="--app: remove even if symlink or config are missing (never a non-symlink); "
+                        "--vm: even if an instance is running")
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_remove)
 
@@ -299,7 +300,7 @@ def _vm_registrations(flakes_dir: str, vm: str) -> list[tuple[str, str]]:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     from .. import names, registration
-    from ..errors import NotFoundError
+    from ..errors import ConflictError, NotFoundError
     from ..firecracker import images
     from .common import load_settings, require_abs
 
@@ -310,6 +311,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
         print(f"removed {app}")
         return 0
     vm = names.app_name(args.vm, "--vm")
+    running = [r["name"] for r in _instances(cfg.firecracker_ids_dir, cfg.flakes_dir)
+               if r["image"] == vm and r["status"] == "running"]
+    if running and not args.force:
+        raise ConflictError(f"VM image {vm!r} is in use by running instance(s) {', '.join(running)}; "
+                            "stop them first or use --force")
     apps = _vm_registrations(cfg.flakes_dir, vm)
     has_image = os.path.lexists(images.image_dir(cfg, vm))
     if not apps and not has_image:

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import glob
-import hashlib
 import os
 import signal
 import time
+import zlib
 from dataclasses import dataclass
 
 from .. import statedir
+
+
+def short_hash(text: str) -> str:
+    """16 hex digits identifying *text* (not for security; zlib is already loaded, hashlib costs ms)."""
+    data = text.encode()
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,7 @@ class InstancePaths:
     @property
     def fc_id(self) -> str:
         """Firecracker's ``--id`` (alphanumeric and '-'): unique per state dir and instance."""
-        digest = hashlib.sha256(f"{self.state_dir}\0{self.meta}".encode()).hexdigest()[:20]
-        return f"flake-{digest}"
+        return f"flake-{short_hash(self.state_dir + chr(0) + self.meta)}"
 
 
 def read_pid(paths: InstancePaths) -> int | None:
@@ -109,7 +113,8 @@ def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
     dev = statedir.read_file(paths.tap_record)
     if dev:
         tap.remove(dev)
-    listeners = glob.glob(glob.escape(paths.sock) + "_*")
+    prefix = os.path.basename(paths.sock) + "_"
+    listeners = [os.path.join(paths.state_dir, n) for n in _names(paths.state_dir) if n.startswith(prefix)]
     for path in (paths.vmid, paths.sock, paths.tap_record, paths.log, *listeners):
         statedir.remove_file(path)
     statedir.remove_file(paths.overlay(resume=False))
@@ -140,8 +145,11 @@ def lock(path: str) -> int:
 def gc(state_dir: str) -> list[str]:
     """Reap every stale instance in *state_dir* whose lock is free; returns the reaped names."""
     reaped = []
-    for vmid in glob.glob(os.path.join(glob.escape(state_dir), "*.vmid")):
-        meta = os.path.basename(vmid)[: -len(".vmid")]
+    for name in _names(state_dir):
+        if not name.endswith(".vmid"):
+            continue
+        vmid = os.path.join(state_dir, name)
+        meta = name[: -len(".vmid")]
         paths = InstancePaths(state_dir, meta)
         if os.path.islink(vmid):
             statedir.remove_file(vmid)
@@ -156,6 +164,13 @@ def gc(state_dir: str) -> list[str]:
         finally:
             os.close(fd)
     return reaped
+
+
+def _names(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
 
 
 def kill(pid: int, fc_id: str, grace: float = 1.0) -> None:

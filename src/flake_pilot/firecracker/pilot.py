@@ -27,8 +27,6 @@ from .. import debug
 from ..errors import LAUNCHER_EXIT, ConflictError, EngineError, FlakeError, UsageError
 
 if TYPE_CHECKING:
-    import subprocess
-    from collections.abc import Callable
     from socket import socket
 
     from ..flakeconf import VmFlake
@@ -83,25 +81,58 @@ def _raise_interrupted(signo: int, _frame: object) -> None:
     raise Interrupted(signo)
 
 
-def _pdeathsig(parent: int) -> Callable[[], None]:
-    """For the firecracker child: die with the launcher, even if it is SIGKILLed."""
-    import ctypes
+def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep: bool) -> int:
+    """fork + exec firecracker (cheaper to import than subprocess); the child's PID.
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    *console*: the VM's serial console is the caller's stdin/stdout, else /dev/null.
+    *keep*: a resume VM in its own session (outlives the caller's terminal); otherwise the VM
+    gets PR_SET_PDEATHSIG, so it dies with the launcher, even when that is SIGKILLed.
+    """
+    prctl = None
+    if not keep:
+        import ctypes
 
-    def child() -> None:
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the launcher died before prctl took effect
-            os._exit(1)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # child: only async-signal-safe work until exec
+        code = 1
+        try:
+            os.close(err_r)
+            if prctl is not None:
+                prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the launcher died before prctl took effect
+                    os._exit(1)
+            else:
+                os.setsid()
+            if not console:
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, 0)
+                os.dup2(null, 1)
+            os.dup2(log_fd, 2)
+            os.set_inheritable(config_fd, True)
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores it; exec would keep that
+            os.execv(argv[0], argv)
+        except OSError as exc:
+            os.write(err_w, (exc.strerror or "exec failed").encode())
+            code = 127
+        finally:
+            os._exit(code)
+    os.close(err_w)
+    try:
+        failure = os.read(err_r, 512)
+    finally:
+        os.close(err_r)
+    if failure:
+        os.waitpid(pid, 0)
+        raise EngineError(f"{argv[0]}: cannot start: {failure.decode(errors='replace')}")
+    return pid
 
-    return child
 
-
-def spawn(flake: VmFlake, paths: InstancePaths, doc: dict[str, object], *, serial: bool,
-          keep: bool, binary: str) -> subprocess.Popen[bytes]:
+def spawn(paths: InstancePaths, doc: dict[str, object], *, serial: bool, keep: bool, binary: str) -> int:
     """Start firecracker with *doc* through a pipe; record its PID in the instance file."""
     import json
-    import subprocess
 
     from .. import statedir
     from ..runner import which
@@ -122,23 +153,20 @@ def spawn(flake: VmFlake, paths: InstancePaths, doc: dict[str, object], *, seria
             "--log-path", paths.log, "--level", "Warning"]
     debug.log("+ " + " ".join(argv))
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=None if serial else subprocess.DEVNULL,
-            stdout=None if serial else subprocess.DEVNULL,
-            stderr=log_fd,
-            pass_fds=(r,),
-            start_new_session=keep,  # a resume VM outlives the caller's terminal session
-            preexec_fn=None if keep else _pdeathsig(os.getpid()),  # single-threaded launcher
-        )
-    except OSError as exc:
-        raise EngineError(f"{fc}: cannot start: {exc.strerror}") from exc
+        pid = _start(argv, console=serial, log_fd=log_fd, config_fd=r, keep=keep)
     finally:
         os.close(r)
         os.close(log_fd)
-    statedir.write_file(paths.vmid, str(proc.pid))
-    debug.log(f"started firecracker pid {proc.pid} for {paths.meta}")
-    return proc
+    statedir.write_file(paths.vmid, str(pid))
+    debug.log(f"started firecracker pid {pid} for {paths.meta}")
+    return pid
+
+
+def reap(pid: int) -> int:
+    """Wait for our firecracker child: shell-style status (128+N when killed by signal N)."""
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
 
 
 def log_reason(paths: InstancePaths) -> str:
@@ -177,12 +205,16 @@ def prepare(flake: VmFlake, paths: InstancePaths, uid: int, resume: bool) -> tup
 
 def build(flake: VmFlake, paths: InstancePaths, call: CallArgs, ov: str | None, dev: str | None,
           uid: int) -> dict[str, object]:
-    from ..protocol import terminal_size
     from . import vmdef
 
+    try:
+        size = os.get_terminal_size(0)
+        winsize = (size.lines, size.columns)
+    except OSError:
+        winsize = (0, 0)
     inst = vmdef.Instance(call.meta, paths.sock, ov, dev, vmdef.guest_mac(uid, call.meta))
     cmdline = vmdef.boot_args(flake, call.args, overlay=ov is not None, debug=debug.enabled(),
-                              term=os.environ.get("TERM"), winsize=terminal_size(0))
+                              term=os.environ.get("TERM"), winsize=winsize)
     return vmdef.config(flake, inst, cmdline)
 
 
@@ -237,39 +269,40 @@ def run_oneshot(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, 
     lock_fd = instances.try_lock(paths.lock)
     if lock_fd is None:
         raise ConflictError(f"instance {call.meta} is in use by another call; start another one with @NAME")
-    proc = None
+    pid = None
+    waited = False
     try:
-        pid = instances.running_pid(paths)
-        if pid:
-            raise ConflictError(f"instance {call.meta} is running as a VM (pid {pid}); use @NAME or stop it")
+        running = instances.running_pid(paths)
+        if running:
+            raise ConflictError(f"instance {call.meta} runs as VM pid {running}; use @NAME or stop it")
         instances.remove_files(paths, overlay=False)
         ov, dev = prepare(flake, paths, uid, resume=False)
         serial = not flake.force_vsock
         doc = build(flake, paths, call, ov, dev, uid)
-        proc = spawn(flake, paths, doc, serial=serial, keep=False, binary=binary)
+        pid = spawn(paths, doc, serial=serial, keep=False, binary=binary)
         if serial:
-            code = _wait_serial(proc)
+            code = _wait_serial(pid)
+            waited = True
             if code > 0 and code < 128:
                 raise EngineError(f"firecracker exited with {code}: {log_reason(paths)}")
             return code
-        return session(flake, call, connect(paths, proc.pid, call.port, call.progress))
+        return session(flake, call, connect(paths, pid, call.port, call.progress))
     finally:
-        if proc is not None:
-            instances.kill(proc.pid, paths.fc_id, grace=0.2)
-            proc.wait()
+        if pid is not None and not waited:
+            instances.kill(pid, paths.fc_id, grace=0.2)
+            reap(pid)
         instances.remove_files(paths, overlay=False)
         os.close(lock_fd)
 
 
-def _wait_serial(proc: subprocess.Popen[bytes]) -> int:
-    """Wait for the foreground VM; terminal signals reach firecracker directly."""
+def _wait_serial(pid: int) -> int:
+    """Wait for the foreground VM; signals to the launcher are passed on to firecracker."""
     def forward(signo: int, _frame: object) -> None:
-        proc.send_signal(signo)
+        os.kill(pid, signo)
 
     for signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signo, forward)
-    code = proc.wait()
-    return 128 - code if code < 0 else code
+    return reap(pid)
 
 
 def run_resume(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
@@ -282,10 +315,8 @@ def run_resume(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, b
         if pid is None:
             instances.remove_files(paths, overlay=False)
             ov, dev = prepare(flake, paths, uid, resume=True)
-            proc = spawn(flake, paths, build(flake, paths, call, ov, dev, uid), serial=False, keep=True,
-                         binary=binary)
-            proc.returncode = 0  # detached: never waited for here, no ResourceWarning
-            pid, started = proc.pid, True
+            doc = build(flake, paths, call, ov, dev, uid)
+            pid, started = spawn(paths, doc, serial=False, keep=True, binary=binary), True
         else:
             debug.log(f"reusing VM pid {pid} for {call.meta}")
     finally:

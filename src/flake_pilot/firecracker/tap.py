@@ -7,8 +7,8 @@ Existence is an exact lookup in /sys/class/net (the original matched prefixes).
 
 from __future__ import annotations
 
-import hashlib
 import os
+import zlib
 
 from ..errors import EngineError
 
@@ -21,7 +21,7 @@ def name(meta: str) -> str:
     full = PREFIX + meta
     if len(full) <= IFNAMSIZ:
         return full
-    digest = hashlib.sha256(meta.encode()).hexdigest()[:6]
+    digest = f"{zlib.crc32(meta.encode()) & 0xFFFFFF:06x}"
     return f"{PREFIX}{meta[: IFNAMSIZ - len(PREFIX) - 7]}-{digest}"
 
 

@@ -6,8 +6,8 @@ passes it through a pipe (``--no-api --config-file /dev/fd/N``), no temporary fi
 
 from __future__ import annotations
 
-import hashlib
 import shlex
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +49,8 @@ def wants_network(flake: VmFlake) -> bool:
 
 def guest_mac(uid: int, meta: str) -> str:
     """A stable, locally administered unicast MAC, distinct per user and instance."""
-    digest = hashlib.sha256(f"{uid}:{meta}".encode()).digest()
-    return "AA:FC:" + ":".join(f"{b:02X}" for b in digest[:4])
+    digest = zlib.crc32(f"{uid}:{meta}".encode()).to_bytes(4, "big")
+    return "AA:FC:" + ":".join(f"{b:02X}" for b in digest)
 
 
 def run_command(flake: VmFlake, args: list[str]) -> str:

@@ -197,3 +197,14 @@ def test_user_flakes_end_to_end(
     ok(user.ctl("podman", "--user", "remove", "--container", bb_image))
     assert not os.path.lexists(user.home / "bin/bb2") and not user.image_exists(bb_image)
     assert json.loads(ok(user.ctl("list", "--user", "--format", "json")).stdout) == []
+
+
+def test_system_scope_refused_for_a_user(user: User) -> None:
+    app = user.home / "bin/x"
+    proc = user.ctl("podman", "register", "--container", "img", "--app", str(app))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"flake-ctl: {user.system_config.parent / 'system-flakes'}: Permission denied "
+        "(system flakes need root; use --user for your own flakes)"
+    ]
+    assert not os.path.lexists(app)

@@ -7,7 +7,9 @@ Subcommand modules are imported only when their command runs. Every leaf sets
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -239,7 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:  # unexpected: still one line naming the file
         where = f"{exc.filename}: " if exc.filename else ""
-        return _fail(f"{where}{exc.strerror or exc}", 1)
+        hint = ""
+        if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+            hint = " (system flakes need root; use --user for your own flakes)"
+        return _fail(f"{where}{exc.strerror or exc}{hint}", 1)
 
 
 def _fail(message: str, code: int) -> int:

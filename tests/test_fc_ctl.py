@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -395,23 +395,39 @@ def test_remove_app_and_vm(pulled: Prefix) -> None:
     assert both.returncode == 2
 
 
+FakeFirecracker = Callable[[str], subprocess.Popen[bytes]]
+
+
 @pytest.fixture
-def fake_firecracker(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A live process whose name (comm) is 'firecracker': a copy of sleep."""
+def fake_firecracker(tmp_path: Path) -> Iterator[FakeFirecracker]:
+    """Start live processes named (comm) 'firecracker' with ``--id ID``: copies of python3 sleeping."""
     exe = tmp_path / "firecracker"
-    shutil.copy("/bin/sleep", exe)
-    proc = subprocess.Popen([str(exe), "300"])
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "firecracker":
-        assert time.monotonic() < deadline, "the fake firecracker did not exec"
-        time.sleep(0.01)
-    yield proc
-    proc.kill()
-    proc.wait()
+    shutil.copy("/usr/bin/python3", exe)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(fc_id: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([str(exe), "-c", "import time; time.sleep(300)", "--id", fc_id])
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "firecracker":
+            assert time.monotonic() < deadline, "the fake firecracker did not exec"
+            time.sleep(0.01)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def fc_id(p: Prefix, meta: str) -> str:
+    from flake_pilot.firecracker.instances import InstancePaths
+
+    return InstancePaths(str(p.ids_dir / str(os.getuid())), meta).fc_id
 
 
 def test_show_tells_running_from_stopped_and_reused_pids(
-    pulled: Prefix, fake_firecracker: subprocess.Popen[bytes]
+    pulled: Prefix, fake_firecracker: FakeFirecracker
 ) -> None:
     assert (
         pulled.ctl(
@@ -422,8 +438,10 @@ def test_show_tells_running_from_stopped_and_reused_pids(
     ids = pulled.ids_dir / str(os.getuid())
     ids.mkdir(parents=True)
     other = subprocess.Popen(["sleep", "300"])  # a live process that is not firecracker: a reused PID
+    vm = fake_firecracker(fc_id(pulled, "vmapp"))
     try:
-        (ids / "vmapp.vmid").write_text(str(fake_firecracker.pid))
+        (ids / "vmapp.vmid").write_text(str(vm.pid))
+        (ids / "vmapp@other.vmid").write_text(str(vm.pid))  # a VM, but another instance's
         (ids / "vmapp@reused.vmid").write_text(str(other.pid))
         (ids / "vmapp@new.vmid").write_text("0")
         (ids / "vmapp@junk.vmid").write_text("abc")
@@ -439,9 +457,10 @@ def test_show_tells_running_from_stopped_and_reused_pids(
         "vmapp": "running",
         "vmapp@junk": "unknown",
         "vmapp@new": "stopped",
+        "vmapp@other": "stopped",
         "vmapp@reused": "stopped",
     }
-    assert records["vmapp"]["image"] == "leap" and records["vmapp"]["id"] == str(fake_firecracker.pid)
+    assert records["vmapp"]["image"] == "leap" and records["vmapp"]["id"] == str(vm.pid)
     assert records["vmapp"]["config"] == str(pulled.flakes_dir / "vmapp.yaml")
     assert records["ghost"]["config"] is None
     assert set(records["vmapp"]) == {"name", "user", "id", "status", "image", "config"}
@@ -639,9 +658,7 @@ def test_interrupted_pull_leaves_the_registry_as_it_was(
     assert_clean(fc)
 
 
-def test_remove_vm_refuses_while_an_instance_runs(
-    pulled: Prefix, fake_firecracker: subprocess.Popen[bytes]
-) -> None:
+def test_remove_vm_refuses_while_an_instance_runs(pulled: Prefix, fake_firecracker: FakeFirecracker) -> None:
     assert (
         pulled.ctl(
             "firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "busy")
@@ -650,7 +667,7 @@ def test_remove_vm_refuses_while_an_instance_runs(
     )
     ids = pulled.ids_dir / str(os.getuid())
     ids.mkdir(parents=True)
-    (ids / "busy@one.vmid").write_text(str(fake_firecracker.pid))
+    (ids / "busy@one.vmid").write_text(str(fake_firecracker(fc_id(pulled, "busy@one")).pid))
     refused = pulled.ctl("firecracker", "remove", "--vm", "leap")
     assert refused.returncode == 5 and "busy@one" in refused.stderr
     assert (registry(pulled) / "images" / "leap" / "rootfs").is_file() and (

@@ -330,8 +330,12 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 # -- show / images ------------------------------------------------------------------------------
 
-def vm_status(vmid: str) -> str:
-    """running only for a live firecracker process (a reused PID is not a VM); '0' = never started."""
+def vm_status(vmid: str, fc_id: str | None = None) -> str:
+    """running only for a live firecracker process (a reused PID is not a VM); '0' = never started.
+
+    When the process carries an ``--id`` (firecracker-pilot passes one per instance) it must be
+    *fc_id*, so another VM that reused the PID is not taken for this instance either.
+    """
     if not vmid.isdigit():
         return "unknown"
     pid = int(vmid)
@@ -339,10 +343,17 @@ def vm_status(vmid: str) -> str:
         return "stopped"
     try:
         with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
-            comm = handle.read().strip()
+            if handle.read().strip() != "firecracker":
+                return "stopped"
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
     except OSError:
         return "stopped"
-    return "running" if comm == "firecracker" else "stopped"
+    if fc_id is not None and b"--id" in argv:
+        given = argv.index(b"--id") + 1
+        if given >= len(argv) or argv[given].decode(errors="replace") != fc_id:
+            return "stopped"
+    return "running"
 
 
 def _instances(ids_dir: str, flakes_dir: str) -> list[dict[str, Any]]:
@@ -350,6 +361,7 @@ def _instances(ids_dir: str, flakes_dir: str) -> list[dict[str, Any]]:
 
     from .. import flakeconf, statedir
     from ..errors import FlakeError
+    from ..firecracker.instances import InstancePaths
     from .common import user_name
 
     records: list[dict[str, Any]] = []
@@ -387,8 +399,9 @@ def _instances(ids_dir: str, flakes_dir: str) -> list[dict[str, Any]]:
                 except FlakeError:
                     pass
             ident = vmid[0] if vmid else ""
+            fc_id = InstancePaths(directory, meta).fc_id
             records.append({"name": meta, "user": user_name(int(uid)), "id": ident,
-                            "status": vm_status(ident), "image": image, "config": shown})
+                            "status": vm_status(ident, fc_id), "image": image, "config": shown})
     return records
 
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""firecracker-pilot's overhead over the raw engine, in one run, medians.
+
+Both sides boot the same tiny bare-metal guest (prints, then resets the VM) with the same VM
+definition: the launcher's own (taken from its PILOT_DEBUG output), given to the raw
+``firecracker --no-api --config-file`` directly. The launcher is the installed console script
+(venv bin), called through an app symlink as a user would. Runs alternate to share the noise.
+
+Usage: bench/firecracker_launch.py [RUNS]   (default 30)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("FLAKE_STATE", "/var/tmp/flake-pilot"))
+VENV_BIN = Path(sys.executable).parent
+PILOT = VENV_BIN / "firecracker-pilot"
+
+
+def setup(work: Path) -> tuple[dict[str, str], Path, Path]:
+    subprocess.run(["bash", str(ROOT / "scripts/get-firecracker.sh")], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["bash", str(ROOT / "scripts/build-tiny-guest.sh")], check=True, stdout=subprocess.DEVNULL)
+    fc = STATE / "bin" / "firecracker"
+    (work / "flakes").mkdir()
+    (work / "bin").mkdir()
+    (work / "flakes.yml").write_text(
+        f"generic:\n  flakes_dir: {work}/flakes\n  firecracker_ids_dir: {work}/ids\n"
+        f"  firecracker_binary: {fc}\n")
+    rootfs = work / "rootfs.img"
+    rootfs.write_bytes(b"")
+    os.truncate(rootfs, 4 << 20)
+    (work / "flakes" / "tiny.yaml").write_text(
+        "vm:\n  name: tiny\n  target_app_path: /bin/true\n  runtime:\n    firecracker:\n"
+        '      boot_args: ["console=ttyS0"]\n'
+        f"      rootfs_image_path: {rootfs}\n"
+        f"      kernel_image_path: {STATE / 'guest' / 'tiny.elf'}\n"
+        "      mem_size_mib: 64\n      vcpu_count: 1\n")
+    app = work / "bin" / "tiny"
+    app.symlink_to(PILOT)
+    env = {**os.environ, "FLAKES_CONFIG": str(work / "flakes.yml")}
+    env.pop("PILOT_DEBUG", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure with bytecode caches, as an installed package has
+    return env, app, fc
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0 or b"HELLO-FROM-TINY-GUEST" not in proc.stdout:
+        sys.exit(f"run failed ({proc.returncode}): {argv[0]}: {proc.stderr.decode()[-300:]}")
+    return dt * 1000
+
+
+def main() -> None:
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    if not PILOT.exists():
+        sys.exit(f"{PILOT} missing: pip install -e . into this venv")
+    with tempfile.TemporaryDirectory(prefix="fc-bench-") as tmp:
+        work = Path(tmp)
+        env, app, fc = setup(work)
+        dbg = subprocess.run([str(app)], env={**env, "PILOT_DEBUG": "1"}, capture_output=True, text=True)
+        line = next(ln for ln in dbg.stderr.splitlines() if "vm definition: " in ln)
+        doc = json.loads(line.split("vm definition: ", 1)[1])
+        doc["vsock"]["uds_path"] = str(work / "raw.sock")
+        cfg = work / "raw.json"
+        cfg.write_text(json.dumps(doc))
+        (work / "raw.log").write_text("")
+        raw_argv = [str(fc), "--no-api", "--config-file", str(cfg), "--log-path", str(work / "raw.log"),
+                    "--level", "Warning"]
+        raw, pilot = [], []
+        for i in range(runs + 3):  # the first 3 warm the caches
+            (work / "raw.sock").unlink(missing_ok=True)  # as the launcher does before each start
+            r_ms, p_ms = timed(raw_argv, env), timed([str(app)], env)
+            if i >= 3:
+                raw.append(r_ms)
+                pilot.append(p_ms)
+        r, p = statistics.median(raw), statistics.median(pilot)
+        print(f"tiny guest, launch to exit, {runs} alternating runs each (medians)")
+        print(f"  raw firecracker --no-api --config-file : {r:7.1f} ms  (min {min(raw):.1f})")
+        print(f"  firecracker-pilot (console script)     : {p:7.1f} ms  (min {min(pilot):.1f})")
+        print(f"  launcher overhead                      : {p - r:7.1f} ms  (x{p / r:.2f})")
+
+
+if __name__ == "__main__":
+    main()

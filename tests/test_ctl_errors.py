@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Prefix
+from conftest import BIN, Prefix
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -204,3 +204,31 @@ def test_init_refused_for_root(prefix: Prefix, tmp_path: Path) -> None:
     one_line_error(prefix.ctl("init", "--user", env={"HOME": str(home)}), 2, "root has no user mode")
     one_line_error(prefix.ctl("init", env={"HOME": str(home)}), 2, "init --user")
     assert not home.exists()
+
+
+def test_ctrl_c_exits_130(prefix: Prefix) -> None:
+    """SIGINT while podman pull waits on a registry that never answers: exit 130, one line."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)  # accepts connections (kernel backlog) but never answers
+        uri = f"127.0.0.1:{server.getsockname()[1]}/hang/img:1"
+        proc = subprocess.Popen(
+            [str(BIN / "flake-ctl"), "podman", "pull", "--uri", uri],
+            env=prefix.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None and not children.read_text().strip():
+            time.sleep(0.02)  # poll for the condition: podman has been started
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.splitlines() == ["flake-ctl: interrupted"] and out == ""

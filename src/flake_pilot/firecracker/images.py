@@ -132,9 +132,15 @@ class Staging:
         return os.path.join(self.root, "download")
 
     def __enter__(self) -> Staging:
-        _ensure_dirs(self.cfg)
-        clean_stale(self.cfg)
-        self.root = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{self.name}-", dir=registry_dir(self.cfg))
+        try:
+            _ensure_dirs(self.cfg)
+            clean_stale(self.cfg)
+            self.root = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{self.name}-", dir=registry_dir(self.cfg))
+        except OSError as exc:
+            own = not self.cfg.user_mode and exc.errno == errno.EACCES
+            hint = " (use --user for your own registry)" if own else ""
+            raise FlakeError(f"{exc.filename or registry_dir(self.cfg)}: cannot use the registry: "
+                             f"{exc.strerror}{hint}") from exc
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         self.fd = os.open(os.path.join(self.root, ".lock"), flags, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)

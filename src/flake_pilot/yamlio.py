@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 from .errors import ConfigError
@@ -43,6 +42,8 @@ def dump(data: Any) -> str:
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     """Write to a temp file in the same directory, fsync, rename over *path*."""
     directory = os.path.dirname(path) or "."
+    import tempfile  # lazy: launchers only read YAML (tempfile + shutil cost ~8 ms at start)
+
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

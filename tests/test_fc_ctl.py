@@ -493,9 +493,12 @@ def user_home(cert: tuple[Path, Path]) -> Iterator[tuple[Path, dict[str, str]]]:
     (home / "bin").mkdir()
     (home / "sys").mkdir()
     _launcher_stub(home / "bin")
-    (home / "sys" / "flakes.yml").write_text(f"generic:\n  firecracker_ids_dir: {home / 'ids'}\n")
+    (home / "sys" / "flakes.yml").write_text(
+        f"generic:\n  firecracker_ids_dir: {home / 'ids'}\n  firecracker_registry_dir: {home / 'sysreg'}\n"
+    )
     for path in [home, *home.rglob("*")]:
         os.chown(path, pw.pw_uid, pw.pw_gid)
+    (home / "sysreg").mkdir(mode=0o755)  # the system registry: root's
     env = {
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / ".config"),
@@ -529,6 +532,8 @@ def test_user_mode_pull_register_remove(
     home, env = user_home
     sci = home / "sci"
     sci.write_bytes(b"#!/usr/bin/python3\n# sci\n")
+    system = as_user(env, "firecracker", "pull", "--name", "x", "--rootfs", str(sci), "--kernel", str(sci))
+    assert system.returncode == 1 and "use --user" in system.stderr and os.listdir(home / "sysreg") == []
     with serve(kis_site, cert) as srv:
         res = as_user(
             env,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
 from conftest import BB_IMAGE, BIN, STATE, TEST_USER, podman
 
 LAUNCHER = BIN / "podman-pilot"
@@ -120,7 +121,8 @@ def prepare_user(system_storage: Path) -> tuple[int, int, Path]:
     try:
         pw = pwd.getpwnam(TEST_USER)
     except KeyError as exc:
-        raise RuntimeError(f"test user {TEST_USER!r} missing: run `make test` (scripts/setup-host.sh --test)") from exc
+        raise RuntimeError(f"test user {TEST_USER!r} missing: run `make test` "
+                           "(scripts/setup-host.sh --test creates it)") from exc
     uid, gid = pw.pw_uid, pw.pw_gid
     for d in (USER_HOME.parent, USER_HOME):
         d.mkdir(parents=True, exist_ok=True)

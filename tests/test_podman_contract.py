@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from podman_scopes import Scope, prepare_user, remove_user_scope, root_scope, user_scope
 
 MODES = ["oneshot", "resume"]
@@ -23,7 +24,9 @@ def user_store(system_storage: Path, bb_image: str) -> tuple[int, int, Path]:
 
 
 @pytest.fixture(params=["root", "user"])
-def scope(request: pytest.FixtureRequest, tmp_path: Path, system_storage: Path, bb_image: str) -> Iterator[Scope]:
+def scope(
+    request: pytest.FixtureRequest, tmp_path: Path, system_storage: Path, bb_image: str
+) -> Iterator[Scope]:
     if request.param == "root":
         s = root_scope(tmp_path, system_storage)
         yield s

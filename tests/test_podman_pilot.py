@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from podman_scopes import LAUNCHER, Scope, prepare_user, remove_user_scope, root_scope, user_scope
 
 
@@ -95,15 +96,18 @@ def test_unset_var_names_file_and_key(scope: Scope) -> None:
     assert str(scope.flakes_dir / "app.yaml") in line and "runtime.podman" in line and "FLAKE_T_UNSET" in line
 
 
-@pytest.mark.parametrize("form", [["--volume /nonexistent-flake-path:/mnt"], ["-v=/nonexistent-flake-path:/mnt"],
-                                  ["--volume=/nonexistent-flake-path:/mnt"]])
+MISSING = "/nonexistent-flake-path:/mnt"
+
+
+@pytest.mark.parametrize("form", [[f"--volume {MISSING}"], [f"-v={MISSING}"], [f"--volume={MISSING}"]])
 def test_ignore_missing_volume_path(scope: Scope, tmp_path: Path, form: list[str]) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "f").write_text("present\n")
     scope.register("app", opts=[*form, f"--volume {tmp_path / 'data'}:/data"])
     without = scope.run("app", "-c", "cat /data/f")
     assert without.returncode == 125 and "nonexistent-flake-path" in without.stderr
-    done = scope.run("app", "%ignore_missing_volume_path", "-c", "cat /data/f; test -e /mnt/x || echo dropped")
+    script = "cat /data/f; test -e /mnt/x || echo dropped"
+    done = scope.run("app", "%ignore_missing_volume_path", "-c", script)
     assert (done.returncode, done.stdout) == (0, "present\ndropped\n"), done.stderr
 
 

@@ -140,8 +140,9 @@ def serve(site: Site, cert: tuple[Path, Path] | None) -> Iterator[Running]:
 
 # -- image builders for the VM image tests -------------------------------------------------------
 
-def ext4_image(path: Path, files: dict[str, bytes], size_mb: int = 8) -> Path:
-    """A real ext4 image holding *files* (made with mkfs.ext4 -d, no mount)."""
+def ext4_image(path: Path, files: dict[str, bytes], size_mb: int = 8, fstype: str = "ext4",
+               links: dict[str, str] | None = None) -> Path:
+    """A real ext2/3/4 image holding *files* and symlinks *links* (mkfs -d, no mount)."""
     import os
     import tempfile
 
@@ -152,9 +153,14 @@ def ext4_image(path: Path, files: dict[str, bytes], size_mb: int = 8) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             os.chmod(target, 0o755)
+        for name, dest in (links or {}).items():
+            link = tree / name.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(dest)
         with open(path, "wb") as handle:
             handle.truncate(size_mb * 1024 * 1024)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(path)], check=True, capture_output=True)
+        mkfs = [f"/usr/sbin/mkfs.{fstype}", "-q", "-F", "-d", str(tree), str(path)]
+        subprocess.run(mkfs, check=True, capture_output=True)
     finally:
         shutil.rmtree(tree)
     return path

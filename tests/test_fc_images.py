@@ -237,3 +237,19 @@ def test_local_sources(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unsupported URL scheme"):
         download.parse_source("ftp://example.org/x", "--kernel")
     assert stat.S_ISREG(os.stat(tmp_path / f"out{len(str(src))}").st_mode)
+
+
+@pytest.mark.parametrize("fstype", ["ext2", "ext3"])
+def test_sci_install_on_ext2_ext3_with_a_python3_symlink(tmp_path: Path, fstype: str) -> None:
+    """Debian's layout: /usr/bin/python3 -> python3.11, merged /sbin -> usr/sbin, no /usr/sbin yet."""
+    image = ext4_image(tmp_path / "rootfs.img", {"usr/bin/python3.11": b"#!fake\n"}, fstype=fstype,
+                       links={"usr/bin/python3": "python3.11", "sbin": "usr/sbin"})
+    assert guestfs.readiness(str(image)) == guestfs.Readiness(True, False, True)
+    sci = tmp_path / "sci"
+    sci.write_bytes(b"#!/usr/bin/python3 -I\n" + os.urandom(500))
+    guestfs.install_sci(str(image), str(sci))
+    assert debugfs_cat(image, "/usr/sbin/sci") == sci.read_bytes()
+    assert debugfs_cat(image, "/sbin/sci") == sci.read_bytes()  # through the merged-usr symlink
+    assert guestfs.readiness(str(image)).ready
+    check = fsck_clean(image)
+    assert check.returncode == 0, check.stdout

@@ -107,6 +107,10 @@ def test_flakes_yml_page(pages: Path) -> None:
     for key, default in settings.DEFAULTS.items():
         assert key in text and default in text
     assert "drop-ins" in text
+    data = Path(manpages.__file__).parent / "data"
+    for name in ("flakes.yml", "container-flake.yaml", "firecracker-flake.yaml"):
+        for line in (data / name).read_text().splitlines():
+            assert norm(line) in text, f"{name}: {line!r} missing from EXAMPLES"
 
 
 def test_roff_escaping() -> None:

@@ -284,7 +284,25 @@ def flakes_yml_page() -> str:
         + keys
         + ".SH SEE ALSO\n\\fBflake\\-ctl\\fR(8), \\fBpodman\\-pilot\\fR(8), \\fBfirecracker\\-pilot\\fR(8)\n"
     )
-    return docstring_page("flakes.yml", "5", doc, extra)
+    return docstring_page("flakes.yml", "5", doc, _templates() + extra)
+
+
+def _templates() -> str:
+    """The shipped flakes.yml and registration templates (package data), verbatim, as EXAMPLES."""
+    from importlib import resources
+
+    out = []
+    data = resources.files("flake_pilot") / "data"
+    for name, what in (
+        ("flakes.yml", "/etc/flakes.yml"),
+        ("container-flake.yaml", "a container registration (/etc/flakes/container-flake.yaml)"),
+        ("firecracker-flake.yaml", "a VM registration (/etc/flakes/firecracker-flake.yaml)"),
+    ):
+        item = data / name
+        if item.is_file():
+            body = "\n".join(esc(ln) for ln in item.read_text(encoding="utf-8").rstrip().split("\n"))
+            out.append(f".PP\n{esc(what[:1].upper() + what[1:])}:\n.PP\n.nf\n.RS 4\n{body}\n.RE\n.fi\n")
+    return ".SH EXAMPLES\n" + "".join(out) if out else ""
 
 
 def all_pages(parser: argparse.ArgumentParser | None = None) -> dict[str, str]:

@@ -140,6 +140,12 @@ def test_user_flakes_end_to_end(
     ok(user.ctl("init", "--user"))
     loaded = ok(user.ctl("podman", "--user", "load", "--oci", str(archive)))
     assert bb_image in loaded.stdout and user.image_exists(bb_image)
+    info = user.ctl(
+        "podman", "--user", "register", "--container", bb_image, "--info"
+    )  # rootless create+cp+rm
+    assert info.returncode == 4 and info.stderr.splitlines() == [
+        f"flake-ctl: {bb_image}: no info file /bb.yaml in the image"
+    ]
 
     app = user.home / "bin/bb-cat"
     ok(

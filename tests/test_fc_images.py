@@ -253,3 +253,13 @@ def test_sci_install_on_ext2_ext3_with_a_python3_symlink(tmp_path: Path, fstype:
     assert guestfs.readiness(str(image)).ready
     check = fsck_clean(image)
     assert check.returncode == 0, check.stdout
+
+
+def test_downloads_keep_images_sparse(tmp_path: Path) -> None:
+    data = b"head" + bytes(8 * 1024 * 1024) + b"tail" + bytes(2 * 1024 * 1024)  # ends in a hole
+    src = tmp_path / "rootfs.src"
+    src.write_bytes(data)
+    dest = tmp_path / "rootfs"
+    assert _fetch(str(src), dest) == hashlib.sha256(data).hexdigest()
+    assert dest.read_bytes() == data
+    assert dest.stat().st_blocks * 512 < len(data) // 4

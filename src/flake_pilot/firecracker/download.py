@@ -141,6 +141,24 @@ def _chunks(stream: IO[bytes] | Any, where: str) -> Iterator[bytes]:
         yield data
 
 
+class SparseWriter:
+    """Writes a file, leaving holes for all-zero chunks (filesystem images are mostly zeros)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+
+    def write(self, data: bytes) -> None:
+        if data.count(0) == len(data):
+            self.handle.seek(len(data), os.SEEK_CUR)
+        else:
+            self.handle.write(data)
+
+    def finish(self) -> None:
+        self.handle.truncate(self.handle.tell())  # a trailing hole still counts for the size
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+
 def fetch(source: Source, dest: str, label: str) -> str:
     """Copy *source* to the new file *dest*; returns the sha256 hex digest of what was written."""
     digest = hashlib.sha256()
@@ -158,13 +176,13 @@ def fetch(source: Source, dest: str, label: str) -> str:
         handle, total = _open_http(source)
     try:
         with open(dest, "xb") as out, progress.bar(f"Downloading {label}", total) as bar:
+            writer = SparseWriter(out)
             for data in _chunks(handle, source.location):
-                out.write(data)
+                writer.write(data)
                 digest.update(data)
                 done += len(data)
                 bar.advance(len(data))
-            out.flush()
-            os.fsync(out.fileno())
+            writer.finish()
     except OSError as exc:
         raise DownloadError(f"{dest}: cannot write: {exc.strerror}") from None
     finally:

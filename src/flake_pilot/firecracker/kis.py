@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass
 
 from ..errors import DownloadError
+from .download import SparseWriter
 
 ROLES = {"sha256": "checksum", "initrd": "initrd", "kernel": "kernel"}
 DROPPED = frozenset({"append", "md5", "packages", "verified", "changes"})
@@ -85,8 +86,10 @@ def extract(archive: str, dest_dir: str) -> Members:
                 if source is None:
                     raise DownloadError(f"{archive}: cannot read member {name!r}")
                 with source, open(os.path.join(dest_dir, target), "xb") as out:
+                    writer = SparseWriter(out)
                     while data := source.read(CHUNK):
-                        out.write(data)
+                        writer.write(data)
+                    writer.finish()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DownloadError(f"{archive}: not a readable tar archive: {exc}") from None
     missing = [r for r in ("rootfs", "kernel", "checksum") if r not in found]

@@ -19,6 +19,22 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
+ENGINE_TIMEOUT_VAR = "PILOT_ENGINE_TIMEOUT"
+_default_timeout: float | None = None
+
+
+def bound_engine_calls(default: float = 600.0) -> float:
+    """Launchers: from now on every ``run()`` without its own timeout (image checks, create, start,
+    compose; never the app itself, which runs via spawn/exec) fails with EngineError after
+    ``$PILOT_ENGINE_TIMEOUT`` seconds (default *default*) instead of hanging forever."""
+    global _default_timeout
+    value = os.environ.get(ENGINE_TIMEOUT_VAR, "")
+    try:
+        seconds = float(value) if value else default
+    except ValueError:
+        seconds = default
+    _default_timeout = seconds if seconds > 0 else default
+    return _default_timeout
 
 
 def which(program: str) -> str:
@@ -56,6 +72,8 @@ def run(
     import subprocess
 
     argv = list(argv)
+    if timeout is None:
+        timeout = _default_timeout
     if debug.enabled():
         debug.log("+ " + _join(argv))
     try:

@@ -85,6 +85,7 @@ def launch(app: str, args: list[str]) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     podman = runner.which(p.podman)
+    runner.bound_engine_calls()  # a hanging engine fails the launch; the app itself is never bounded
     env = dict(os.environ)
     if p.storage_conf:
         env["CONTAINERS_STORAGE_CONF"] = p.storage_conf

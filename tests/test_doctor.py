@@ -118,3 +118,49 @@ def test_csv_and_config_error(prefix: Prefix, tmp_path: Path) -> None:
     proc = prefix.ctl("doctor", "--format", "json", env={"FLAKES_CONFIG": str(broken)})
     assert proc.returncode == 1
     assert json.loads(proc.stdout)[0]["status"] == "fail" and str(broken) in proc.stdout
+
+
+def test_user_mode_as_a_rootless_user(tmp_path: Path) -> None:
+    """`doctor --user` as the rootless test user: subuid/subgid judged from /etc/subuid, /etc/subgid."""
+    import pwd
+    import subprocess
+
+    from conftest import BIN, TEST_USER
+
+    try:
+        user = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        pytest.fail(f"test user {TEST_USER} missing: run `make setup-test` (scripts/setup-host.sh --test)")
+    env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "LANG": "C.UTF-8"}
+    if "CONTAINERS_CONF" in os.environ:
+        env["CONTAINERS_CONF"] = os.environ["CONTAINERS_CONF"]
+    proc = subprocess.run(
+        [
+            "/usr/sbin/runuser",
+            "-u",
+            TEST_USER,
+            "--",
+            str(BIN / "flake-ctl"),
+            "doctor",
+            "--user",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd="/",
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    records = {r["check"]: r for r in json.loads(proc.stdout)}
+    assert records["config"]["detail"].endswith(f"flakes in {user.pw_dir}/.config/flakes")
+
+    def listed(path: str) -> bool:
+        return any(
+            line.split(":")[0] in (TEST_USER, str(user.pw_uid))
+            for line in Path(path).read_text().splitlines()
+        )
+
+    expected = "ok" if listed("/etc/subuid") and listed("/etc/subgid") else "warn"
+    assert records["subuid/subgid"]["status"] == expected, records["subuid/subgid"]

@@ -353,7 +353,7 @@ def test_concurrent_first_launches_compose_once(delta_images: Path, tmp_path: Pa
 def _nothing_left(tmp_path: Path, storage: Path, app: str) -> None:
     assert composed_of(app, storage) == []
     assert not (state(tmp_path) / "compose" / f"{app}.work").exists()
-    assert not (state(tmp_path) / "compose" / f"{app}.json").exists()
+    assert not (state(tmp_path) / "compose" / f"{app}.cache").exists()
     ps = podman("ps", "-a", "--format", "{{.Image}}", storage=storage).stdout
     assert f"flake-composed/{compose_repo(app)}:" not in ps
 
@@ -495,3 +495,27 @@ def test_warm_check_reads_the_store_quickly(
         want = podman("image", "inspect", "--format", "{{.Id}}", ref, storage=delta_images).stdout.strip()
         assert index.resolve(ref) == want
     assert index.resolve("localhost/flake-test/never-built:latest") is None
+
+
+def test_warm_image_skips_the_parse_until_the_registration_changes(
+    delta_images: Path, tmp_path: Path
+) -> None:
+    tag = compose_app(tmp_path, delta_images, "dwarm", base_container=BASE)
+    config = tmp_path / "flakes" / "dwarm.yaml"
+    env = {"CONTAINERS_STORAGE_CONF": str(delta_images)}
+
+    def warm() -> str | None:
+        return compose.warm_image("dwarm", str(config), PODMAN, env, state_dir=str(state(tmp_path)))
+
+    assert warm() == tag
+    podman(
+        "tag", BASE, "localhost/flake-test/delta-unrelated:latest", storage=delta_images
+    )  # store rewritten
+    try:
+        assert warm() == tag  # checked in images.json, still the same inputs
+    finally:
+        podman("untag", BASE, "localhost/flake-test/delta-unrelated:latest", storage=delta_images)
+    (tmp_path / "flakes" / "dwarm.d").mkdir()
+    (tmp_path / "flakes" / "dwarm.d" / "10-more.yaml").write_text("container:\n  layers: []\n")
+    assert warm() is None  # a drop-in appeared: the launcher parses and calls ensure_image
+    compose.free_entries(app="dwarm", podman_argv=PODMAN, env=env)

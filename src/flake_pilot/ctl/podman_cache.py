@@ -68,7 +68,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _current_tags(compose_dir: str) -> set[str]:
     """Tags recorded by this user's launches (the entries the next launch will use)."""
-    from ..podman.compose import _read_sidecar
+    from ..podman.compose import SUFFIX, _read_sidecar
 
     tags: set[str] = set()
     try:
@@ -76,7 +76,7 @@ def _current_tags(compose_dir: str) -> set[str]:
     except OSError:
         return tags
     for name in names:
-        if name.endswith(".json"):
+        if name.endswith(SUFFIX):
             side = _read_sidecar(os.path.join(compose_dir, name))
             if side and isinstance(side.get("tag"), str):
                 tags.add(str(side["tag"]))

@@ -1,22 +1,28 @@
 """Delta containers: compose base + layers + app image + includes into a cached image.
 
-Warm launch (the common case) costs no engine call: a per-user sidecar file records the
-inputs' image IDs, the composed tag and a cheap signature (lstat fields) of every include and
-host file; the IDs are checked against podman's ``images.json``. Anything different, and the
+Warm launch (the common case) costs no engine call and no JSON parse: a per-user sidecar
+(``<state>/compose/<app>.cache``, marshal) records the inputs' image IDs, the composed tag, the
+lstat stamps of the registration files, of every include and host file, and of podman's
+``images.json`` (rewritten by podman whenever any tag moves). Stamps equal: cache hit. Only the
+store stamp differs: the IDs are checked in ``images.json``. Anything else different, and the
 composition is redone under an flock (concurrent first launches compose once), see
 ``compose_build`` for how.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from ..errors import FlakeError, SecurityError
-from ..flakeconf import PodmanFlake
+
+if TYPE_CHECKING:
+    from ..flakeconf import PodmanFlake
 
 FORMAT = 1
+SUFFIX = ".cache"
 
 
 class ComposeInterrupted(FlakeError):
@@ -44,14 +50,14 @@ def ensure_image(
     (skip missing or refused host files). state_dir: the caller's private state dir (default:
     ``<podman_ids_dir>/<uid>`` of the flake's scope).
     """
-    from .. import debug, names, statedir
+    from .. import debug, statedir
 
-    names.app_name(flake.app)
-    cdir = _compose_dir(flake, state_dir)
-    side_path = os.path.join(cdir, flake.app + ".json")
-    fingerprint = _fingerprint(flake, podman_argv, env, ignore_sync_error)
+    _check_app(flake.app)
+    cdir = _compose_dir(flake.app, flake.config_file, state_dir)
+    side_path = os.path.join(cdir, flake.app + SUFFIX)
+    inputs, runtime = _flake_fields(flake), _runtime(podman_argv, env, ignore_sync_error)
     side = _read_sidecar(side_path)
-    if side is not None and _fresh(side, fingerprint, flake, None):
+    if side is not None and _fresh(side, inputs, runtime, None, side_path):
         debug.log(f"compose: cache hit {side['tag']}")
         return str(side["tag"])
     from .compose_build import Engine
@@ -59,18 +65,56 @@ def ensure_image(
     engine = Engine(tuple(podman_argv), dict(env))
     with statedir.locked(os.path.join(cdir, flake.app + ".lock")):
         side = _read_sidecar(side_path)  # another launch may have composed meanwhile
-        if side is not None and _fresh(side, fingerprint, flake, engine):
+        if side is not None and _fresh(side, inputs, runtime, engine, side_path):
             debug.log(f"compose: cache hit (engine check) {side['tag']}")
             return str(side["tag"])
-        return _compose_locked(flake, engine, cdir, side_path, side, fingerprint, ignore_sync_error)
+        return _compose_locked(flake, engine, cdir, side_path, side, inputs, runtime, ignore_sync_error)
 
 
-def _compose_dir(flake: PodmanFlake, state_dir: str | None) -> str:
+def warm_image(
+    app: str,
+    config_file: str,
+    podman_argv: list[str],
+    env: dict[str, str],
+    *,
+    ignore_sync_error: bool = False,
+    state_dir: str | None = None,
+) -> str | None:
+    """The cached composed image when nothing changed, else None (then call ensure_image).
+
+    Needs no parsed registration: the registration files (with drop-ins) are compared by
+    their lstat stamps recorded at composition time, so a warm launch skips the YAML parse.
+    """
+    from .. import debug
+
+    _check_app(app)
+    cdir = _compose_dir(app, config_file, state_dir)
+    side_path = os.path.join(cdir, app + SUFFIX)
+    side = _read_sidecar(side_path)
+    if side is None or side.get("config_sig") != _config_sig(config_file):
+        return None
+    inputs = side.get("inputs_cfg")
+    runtime = _runtime(podman_argv, env, ignore_sync_error)
+    if not isinstance(inputs, dict) or not _fresh(side, inputs, runtime, None, side_path):
+        return None
+    debug.log(f"compose: cache hit {side['tag']}")
+    return str(side["tag"])
+
+
+def _check_app(app: str) -> None:
+    """The app name becomes a file name: the full (regex) check only when the cheap one fails."""
+    if not app or "/" in app or app.startswith(".") or "\0" in app or len(app) > 128:
+        from ..names import app_name
+
+        app_name(app)
+
+
+def _compose_dir(app: str, config_file: str, state_dir: str | None) -> str:
     from .. import settings, statedir
 
     if state_dir is None:
         system = settings.load(False)
-        user = not flake.config_file.startswith(system.flakes_dir.rstrip("/") + "/")
+        user = not config_file.startswith(system.flakes_dir.rstrip("/") + "/")
         state_dir = statedir.private_dir((settings.load(True) if user else system).podman_ids_dir)
     path = os.path.join(state_dir, "compose")
     try:
@@ -83,51 +127,95 @@ def _compose_dir(flake: PodmanFlake, state_dir: str | None) -> str:
     return path
 
 
-def _fingerprint(flake: PodmanFlake, podman: list[str], env: dict[str, str], ignore: bool) -> list[object]:
+def _flake_fields(flake: PodmanFlake) -> dict[str, object]:
+    """What a composition is made of, as recorded in the sidecar."""
+    return {"app": flake.app, "base": flake.base_container, "layers": list(flake.layers),
+            "image": flake.image, "tar": list(flake.include.tar), "path": list(flake.include.path),
+            "host": flake.check_host_dependencies}
+
+
+def _runtime(podman: list[str], env: dict[str, str], ignore: bool) -> list[object]:
     engine = [a for a in podman if not a.startswith("--log-level")]  # output only, not the store
-    return [FORMAT, engine, env.get("CONTAINERS_STORAGE_CONF", ""), flake.base_container,
-            list(flake.layers), flake.image, list(flake.include.tar), list(flake.include.path),
-            flake.check_host_dependencies, ignore]
+    return [FORMAT, engine, env.get("CONTAINERS_STORAGE_CONF", ""), ignore]
 
 
-def _watched(flake: PodmanFlake, env: dict[str, str], hostdeps: list[str]) -> list[str]:
+def _config_sig(config_file: str) -> object:
+    from .compose_store import signature
+
+    dropins = config_file[: -len(".yaml")] + ".d" if config_file.endswith(".yaml") else config_file + ".d"
+    return signature([config_file, dropins])
+
+
+def _watched(inputs: dict[str, object], storage_conf: str, hostdeps: list[str]) -> list[str]:
     """Files whose change invalidates the cache: includes, host files, storage config."""
-    from ..settings import home_dir
+    if storage_conf:
+        confs = [storage_conf]
+    else:
+        from ..settings import home_dir
 
-    confs = [env["CONTAINERS_STORAGE_CONF"]] if env.get("CONTAINERS_STORAGE_CONF") else [
-        "/etc/containers/storage.conf", os.path.join(home_dir(), ".config/containers/storage.conf")]
-    return [*flake.include.tar, *flake.include.path, *hostdeps, *confs]
+        confs = ["/etc/containers/storage.conf", os.path.join(home_dir(), ".config/containers/storage.conf")]
+    files = [str(p) for p in [*inputs["tar"], *inputs["path"]]]  # type: ignore[misc]
+    return [*files, *hostdeps, *confs]
 
 
 def _read_sidecar(path: str) -> dict[str, object] | None:
-    from ..statedir import read_file
-
+    """The sidecar, or None when missing/unusable; a symlink or foreign file is never read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except OSError:
-        read_file(path)  # raises SecurityError for a symlink
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            data = json.loads(handle.read(1 << 22))
-        except ValueError:
+    except OSError as exc:
+        raise SecurityError(f"{path}: cannot open ({exc.strerror}); a symlink is refused") from exc
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022 or st.st_size > 1 << 22:
             return None
+        data = marshal.loads(os.read(fd, st.st_size))
+    except (ValueError, EOFError, TypeError):
+        return None
+    finally:
+        os.close(fd)
     return data if isinstance(data, dict) else None
 
 
-def _fresh(side: dict[str, object], fingerprint: list[object], flake: PodmanFlake, engine: object) -> bool:
-    """True when the recorded composition still matches every input (engine: Engine or None)."""
-    from . import compose_store, compose_tar
+def _write_sidecar(path: str, side: dict[str, object]) -> None:
+    """0600, temp file + rename, never following a symlink."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, marshal.dumps(side))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
-    if side.get("fingerprint") != fingerprint:
+
+def _stamp(path: str) -> list[int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _fresh(side: dict[str, object], inputs: dict[str, object], runtime: list[object], engine: object,
+           side_path: str) -> bool:
+    """True when the recorded composition still matches every input (engine: Engine or None)."""
+    from . import compose_store
+
+    if side.get("inputs_cfg") != inputs or side.get("runtime") != runtime:
         return False
-    index = compose_store.load(str(side.get("images_json", "")))
-    inputs = side.get("inputs")
-    tag, iid = side.get("tag"), side.get("id")
-    if not isinstance(inputs, list) or not isinstance(tag, str) or not isinstance(iid, str):
+    hostdeps = side.get("hostdeps")
+    watched = _watched(inputs, str(runtime[2]), list(hostdeps) if isinstance(hostdeps, list) else [])
+    if compose_store.signature(watched) != side.get("sig"):
         return False
+    images_json = str(side.get("images_json", ""))
+    if images_json and _stamp(images_json) == side.get("images_stamp"):
+        return True  # podman rewrote no image record since we checked
+    images, tag, iid = side.get("images"), side.get("tag"), side.get("id")
+    if not isinstance(images, list) or not isinstance(tag, str) or not isinstance(iid, str):
+        return False
+    stamp = _stamp(images_json)
+    index = compose_store.load(images_json)
 
     def current(ref: str) -> str | None:
         found = index.resolve(ref) if index is not None else None
@@ -135,27 +223,26 @@ def _fresh(side: dict[str, object], fingerprint: list[object], flake: PodmanFlak
             found = engine.image_id(ref)  # type: ignore[attr-defined]
         return found
 
-    for ref, rid in inputs:
-        if current(ref) != rid:
-            return False
-    if current(tag) != iid:
+    if any(current(ref) != rid for ref, rid in images) or current(tag) != iid:
         return False
-    hostdeps = side.get("hostdeps")
-    env = {"CONTAINERS_STORAGE_CONF": str(fingerprint[2])} if fingerprint[2] else {}
-    watched = _watched(flake, env, list(hostdeps) if isinstance(hostdeps, list) else [])
-    return json.loads(json.dumps(compose_tar.signature(watched))) == side.get("sig")
+    if index is not None and stamp:
+        try:
+            _write_sidecar(side_path, {**side, "images_stamp": stamp})  # next launch: stamp check only
+        except OSError:
+            pass
+    return True
 
 
 def _compose_locked(
     flake: PodmanFlake, engine: object, cdir: str, side_path: str, old: dict[str, object] | None,
-    fingerprint: list[object], ignore: bool,
+    inputs: dict[str, object], runtime: list[object], ignore: bool,
 ) -> str:
     import errno
     import shutil
     import signal
 
-    from .. import debug, runner, statedir
-    from . import compose_build, compose_tar
+    from .. import debug, runner
+    from . import compose_build, compose_store
 
     assert isinstance(engine, compose_build.Engine)
     workdir = os.path.join(cdir, flake.app + ".work")
@@ -173,13 +260,16 @@ def _compose_locked(
             pass
     debug.log(f"compose: composing {flake.app}")
     try:
-        env = {"CONTAINERS_STORAGE_CONF": str(fingerprint[2])} if fingerprint[2] else {}
+        config_sig = _config_sig(flake.config_file)
+        images_json = engine.images_json()
+        images_stamp = _stamp(images_json)  # before resolving: a later change is noticed
         result = compose_build.compose(flake, engine, workdir, ignore)
-        sig = compose_tar.signature(_watched(flake, env, list(result.hostdeps)))
-        side = {"fingerprint": fingerprint, "images_json": engine.images_json(), "tag": result.tag,
-                "id": result.image_id, "inputs": [list(i) for i in result.inputs],
+        sig = compose_store.signature(_watched(inputs, str(runtime[2]), list(result.hostdeps)))
+        side = {"inputs_cfg": inputs, "runtime": runtime, "config_sig": config_sig,
+                "images_json": images_json, "images_stamp": images_stamp, "tag": result.tag,
+                "id": result.image_id, "images": [list(i) for i in result.inputs],
                 "hostdeps": list(result.hostdeps), "sig": sig}
-        statedir.write_file(side_path, json.dumps(side))
+        _write_sidecar(side_path, side)
     except KeyboardInterrupt:
         raise ComposeInterrupted(f"{flake.config_file}: composing the image of {flake.app} was interrupted; "
                                  "nothing was kept") from None
@@ -201,6 +291,8 @@ def _compose_locked(
 
 def list_entries(podman_argv: list[str], env: dict[str, str]) -> list[dict[str, object]]:
     """Every composed image in this store: app, tag, id, inputs, size, created, containers."""
+    import json
+
     from .. import runner
     from .compose_build import LABEL_APP, LABEL_INPUTS, PREFIX
 

@@ -9,16 +9,24 @@ caller asks the engine instead.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
+import stat
+from collections.abc import Iterator
+
+from ..errors import SecurityError
+
+MAX_TREE_ENTRIES = 20000
 
 
-@dataclass(frozen=True)
 class StoreIndex:
-    by_name: dict[str, str]  # fully qualified "repo:tag" -> image id
-    by_digest: dict[str, str]  # "sha256:..." manifest digest -> image id
-    ids: frozenset[str]
+    """Read-only view of images.json (a slotted class: dataclasses cost ~10 ms at launch)."""
+
+    __slots__ = ("by_name", "by_digest", "ids")
+
+    def __init__(self, by_name: dict[str, str], by_digest: dict[str, str], ids: frozenset[str]) -> None:
+        self.by_name = by_name  # fully qualified "repo:tag" -> image id
+        self.by_digest = by_digest  # "sha256:..." manifest digest -> image id
+        self.ids = ids
 
     def resolve(self, ref: str) -> str | None:
         """Image ID for *ref* as podman would resolve it, or None when unsure."""
@@ -52,6 +60,8 @@ def qualify(name: str) -> str | None:
 
 def load(images_json: str) -> StoreIndex | None:
     """Parse images.json; None when it cannot be read (e.g. a root store seen by a user)."""
+    import json
+
     try:
         with open(images_json, "rb") as handle:
             records = json.loads(handle.read() or b"[]")
@@ -75,3 +85,39 @@ def load(images_json: str) -> StoreIndex | None:
 
 def images_json_path(graphroot: str, driver: str) -> str:
     return os.path.join(graphroot, f"{driver}-images", "images.json")
+
+
+def walk(path: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, lstat) of *path* and, for a real directory, everything below it (sorted)."""
+    st = os.lstat(path)
+    yield path, st
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    count = 0
+    stack = [path]
+    while stack:
+        top = stack.pop()
+        with os.scandir(top) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            full = os.path.join(top, name)
+            sub = os.lstat(full)
+            count += 1
+            if count > MAX_TREE_ENTRIES:
+                raise SecurityError(f"{path}: more than {MAX_TREE_ENTRIES} entries, refusing to copy it")
+            yield full, sub
+            if stat.S_ISDIR(sub.st_mode):
+                stack.append(full)
+
+
+def signature(paths: list[str]) -> list[list[object]]:
+    """Cheap change detector: lstat fields of every path and tree entry ('missing' if absent)."""
+    sig: list[list[object]] = []
+    for path in paths:
+        try:
+            for entry, st in walk(path):
+                sig.append([entry, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
+                            st.st_ctime_ns, st.st_ino])
+        except OSError as exc:
+            sig.append([path, "error", exc.errno])
+    return sig

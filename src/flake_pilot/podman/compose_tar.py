@@ -11,12 +11,11 @@ import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO
 
 from ..errors import NotFoundError, SecurityError
-
-MAX_TREE_ENTRIES = 20000
+from .compose_store import walk
 
 
 class _HashingFile:
@@ -108,39 +107,3 @@ def add_tree(tar: tarfile.TarFile, path: str, check: Callable[[str, os.stat_resu
             with os.fdopen(fd, "rb") as handle:
                 info.size = os.fstat(fd).st_size
                 tar.addfile(info, handle)
-
-
-def walk(path: str) -> Iterator[tuple[str, os.stat_result]]:
-    """(path, lstat) of *path* and, for a real directory, everything below it (sorted)."""
-    st = os.lstat(path)
-    yield path, st
-    if not stat.S_ISDIR(st.st_mode):
-        return
-    count = 0
-    stack = [path]
-    while stack:
-        top = stack.pop()
-        with os.scandir(top) as it:
-            names = sorted(e.name for e in it)
-        for name in names:
-            full = os.path.join(top, name)
-            sub = os.lstat(full)
-            count += 1
-            if count > MAX_TREE_ENTRIES:
-                raise SecurityError(f"{path}: more than {MAX_TREE_ENTRIES} entries, refusing to copy it")
-            yield full, sub
-            if stat.S_ISDIR(sub.st_mode):
-                stack.append(full)
-
-
-def signature(paths: list[str]) -> list[list[object]]:
-    """Cheap change detector: lstat fields of every path and tree entry ('missing' if absent)."""
-    sig: list[list[object]] = []
-    for path in paths:
-        try:
-            for entry, st in walk(path):
-                sig.append([entry, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
-                            st.st_ctime_ns, st.st_ino])
-        except OSError as exc:
-            sig.append([path, "error", exc.errno])
-    return sig

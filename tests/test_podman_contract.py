@@ -170,3 +170,13 @@ def test_untrapped_signal_ends_app_with_128_plus_n(scope: Scope, mode: str) -> N
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
     assert b"not-interrupted" not in out
+
+
+def test_closed_stdout_ends_app_with_sigpipe(scope: Scope, mode: str) -> None:
+    """`app | head -1`: when the reader goes away the app ends like a native one (128+SIGPIPE)."""
+    app = register(scope, mode)
+    proc = scope.popen(app, "-c", "yes", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.read(4) == b"y\ny\n"
+    proc.stdout.close()
+    err = proc.stderr.read() if proc.stderr else b""
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE, err

@@ -108,9 +108,13 @@ def first_line(data: bytes | None) -> str:
 
 def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> NoReturn:
     """Replace this process with argv: exit status, streams, signals and TTY stay native."""
+    import _signal
+
     argv = list(argv)
     if debug.enabled():
         debug.log("exec " + _join(argv))
+    for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):  # Python ignores them; exec would keep that
+        _signal.signal(signum, _signal.SIG_DFL)
     try:
         if env is None:
             os.execv(argv[0], argv)
@@ -131,10 +135,16 @@ def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, new_session
     *new_session*: the child gets its own session, so signals the terminal sends to our
     process group (Ctrl-C, hang-up) reach only us and we decide where they go.
     """
+    import _signal  # the C module: ``signal`` would import enum at launch
+
     argv = list(argv)
     if debug.enabled():
         debug.log("spawn " + _join(argv))
+    env = dict(env) if env is not None else os.environ
+    # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec (down to the container's
+    # app), so restore the defaults like subprocess's restore_signals does.
+    default = (_signal.SIGPIPE, _signal.SIGXFSZ)
     try:
-        return os.posix_spawn(argv[0], argv, dict(env) if env is not None else os.environ, setsid=new_session)
+        return os.posix_spawn(argv[0], argv, env, setsid=new_session, setsigdef=default)
     except OSError as exc:
         raise EngineError(f"{argv[0]}: cannot execute: {exc.strerror}") from exc

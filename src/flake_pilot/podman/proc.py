@@ -66,27 +66,37 @@ def by_conmon(pidfile: str, cidfile: str) -> Callable[[], list[int]]:
 
 
 def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], list[int]]) -> int:
-    """Run argv in a new session, forward signals to find()'s processes, return the exit code."""
-    pid = runner.spawn(argv, env, new_session=True)
+    """Run argv in a new session, forward signals to find()'s processes, return the exit code.
+
+    Handlers are installed before the engine starts, so no signal is lost in between. When our
+    stdout is a pipe whose reader went away (``app | head``), the app gets SIGPIPE like a native
+    one would (podman itself would stop the container after 10 s and exit 126).
+    """
+    import select
+
+    child: list[int] = []  # the engine's pid, once started
+    pending: list[int] = []
     status: int | None = None
+    killed: list[int] = []
 
     def reap(block: bool) -> bool:
         nonlocal status
         if status is not None:
             return True
         try:
-            done, st = os.waitpid(pid, 0 if block else os.WNOHANG)
+            done, st = os.waitpid(child[0], 0 if block else os.WNOHANG)
         except ChildProcessError:
             return True
         if done:
             status = st
         return done != 0
 
-    killed: list[int] = []
-
     def forward(signum: int, _frame: object) -> None:
+        if not child:
+            pending.append(signum)
+            return
         if signum == signal.SIGWINCH:
-            os.kill(pid, signum)
+            _kill(child[0], signum)
             return
         deadline = time.monotonic() + FIND_DEADLINE_S
         while not reap(False):
@@ -97,26 +107,66 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
                     if is_pid1_without_handler(target, signum):
                         send = signal.SIGKILL
                         killed.append(signum)
-                    try:
-                        os.kill(target, send)
-                    except OSError:
-                        pass
+                    _kill(target, send)
                 return
             if time.monotonic() > deadline:
-                os.kill(pid, signum)  # the app never showed up: stop the engine instead
+                _kill(child[0], signum)  # the app never showed up: stop the engine instead
                 return
             time.sleep(0.02)
 
     for signum in (*FORWARD, signal.SIGWINCH):
         signal.signal(signum, forward)
-    while not reap(True):
-        pass
-    for signum in FORWARD:
-        signal.signal(signum, signal.SIG_DFL)
+    try:
+        child.append(runner.spawn(argv, env, new_session=True))
+    except BaseException:
+        _restore()
+        raise
+    for signum in pending:
+        forward(signum, None)
+    poller = select.poll()
+    poller.register(os.pidfd_open(child[0]), select.POLLIN)
+    stdout_pipe = _is_pipe(1)
+    if stdout_pipe:
+        poller.register(1, 0)  # only POLLERR: the reading end was closed
+    while not reap(False):
+        for fd, events in poller.poll():
+            if fd == 1 and events & select.POLLERR:
+                poller.unregister(1)
+                forward(signal.SIGPIPE, None)
+    _restore()
     code = exit_code(status)
     if killed and code == 128 + signal.SIGKILL:
         return 128 + killed[0]  # what the app would have reported had it not been PID 1
+    if code == 126 and stdout_pipe and _broken(1):
+        return 128 + signal.SIGPIPE  # podman's code for "could not write your stdout"
     return code
+
+
+def _restore() -> None:
+    for signum in (*FORWARD, signal.SIGWINCH):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        pass
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return (os.fstat(fd).st_mode & 0o170000) == 0o010000  # S_IFIFO
+    except OSError:
+        return False
+
+
+def _broken(fd: int) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def is_pid1_without_handler(pid: int, signum: int) -> bool:

@@ -236,3 +236,27 @@ def test_tap_not_permitted_is_a_clear_error(vm_prefix: VmPrefix, tmp_path: Path)
     assert res.returncode == 125, res.stderr
     assert res.stderr.startswith("net3: cannot create TAP device tap-net3:")
     assert f"ip tuntap add dev tap-net3 mode tap user {user.pw_uid}" in res.stderr
+
+
+@pytest.mark.parametrize("guest", ["reset", "hang"])
+def test_serial_console_terminal_restored(vm_prefix: VmPrefix, guest: str) -> None:
+    """Firecracker makes the console terminal raw (so Ctrl-C goes to the guest as a byte) and
+    leaves it raw when it is killed: the launcher restores the caller's terminal mode."""
+    import pty
+    import termios
+
+    vm_prefix.register("tty", guest=guest)
+    master, slave = pty.openpty()
+    try:
+        launcher = subprocess.Popen([str(vm_prefix.prefix.bin_dir / "tty")], env=vm_prefix.prefix.env,
+                                    stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+        if guest == "hang":
+            wait_for(lambda: not termios.tcgetattr(slave)[3] & termios.ICANON, what="raw console")
+            launcher.send_signal(signal.SIGTERM)
+        launcher.communicate(timeout=30)
+        assert launcher.returncode == (0 if guest == "reset" else 128 + signal.SIGTERM)
+        assert termios.tcgetattr(slave)[3] & termios.ICANON  # canonical mode is back
+        assert b"HELLO-FROM-TINY-GUEST" in os.read(master, 65536)
+    finally:
+        os.close(master)
+        os.close(slave)

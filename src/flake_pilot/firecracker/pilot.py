@@ -271,6 +271,11 @@ def run_oneshot(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, 
         raise ConflictError(f"instance {call.meta} is in use by another call; start another one with @NAME")
     pid = None
     waited = False
+    tty_mode = None
+    if not flake.force_vsock and os.isatty(0):
+        import termios  # firecracker makes the console terminal raw and leaves it so when killed
+
+        tty_mode = termios.tcgetattr(0)
     try:
         running = instances.running_pid(paths)
         if running:
@@ -293,6 +298,8 @@ def run_oneshot(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, 
             reap(pid)
         instances.remove_files(paths, overlay=False)
         os.close(lock_fd)
+        if tty_mode is not None:
+            termios.tcsetattr(0, termios.TCSANOW, tty_mode)
 
 
 def _wait_serial(pid: int) -> int:

@@ -681,3 +681,15 @@ def test_remove_vm_refuses_while_an_instance_runs(pulled: Prefix, fake_firecrack
     forced = pulled.ctl("firecracker", "remove", "--vm", "leap", "--force")
     assert forced.returncode == 0, forced.stderr
     assert not (registry(pulled) / "images" / "leap").exists()
+
+
+def test_not_a_tarball_is_one_line_naming_the_source(fc: Prefix, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar.xz"
+    junk.write_bytes(b"no archive at all" * 100)
+    res = fc.ctl("firecracker", "pull", "--name", "junk", "--kis-image", str(junk))
+    assert res.returncode == 7
+    assert (
+        res.stderr == f"flake-ctl: {junk}: not a readable tar archive: unknown format (expected tar, "
+        "tar.gz, tar.bz2 or tar.xz)\n"
+    )
+    assert sorted(snapshot(fc)) == ["images", "storage"]

@@ -176,7 +176,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                                         f"{origin}, got {digest})")
             if "kis" in sources:
                 archive = os.path.join(stage.download, "kis")
-                members = kis.extract(archive, stage.image)
+                members = kis.extract(archive, stage.image, sources["kis"].location)
                 os.unlink(archive)
                 where = f"{sources['kis'].location} ({members.checksum})"
                 image_files = (os.path.join(stage.image, "rootfs"), os.path.join(stage.image, "checksum"))

@@ -56,12 +56,16 @@ def _member_name(member: tarfile.TarInfo, archive: str) -> str:
     return norm
 
 
-def extract(archive: str, dest_dir: str) -> Members:
-    """Stream the archive (any compression tarfile knows) into ``dest_dir/{rootfs,kernel,...}``."""
+def extract(path: str, dest_dir: str, archive: str | None = None) -> Members:
+    """Stream the archive at *path* (any compression tarfile knows) into ``dest_dir/{rootfs,...}``.
+
+    *archive* names it in messages (the URL it came from); default: *path*.
+    """
+    archive = archive or path
     found: dict[str, str] = {}
     dropped: list[str] = []
     try:
-        with tarfile.open(archive, mode="r:*") as tar:
+        with tarfile.open(path, mode="r:*") as tar:
             for member in tar:
                 name = _member_name(member, archive)
                 if member.isdir():
@@ -91,7 +95,10 @@ def extract(archive: str, dest_dir: str) -> Members:
                         writer.write(data)
                     writer.finish()
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DownloadError(f"{archive}: not a readable tar archive: {exc}") from None
+        reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+        if "could not be opened successfully" in reason:
+            reason = "unknown format (expected tar, tar.gz, tar.bz2 or tar.xz)"
+        raise DownloadError(f"{archive}: not a readable tar archive: {reason}") from None
     missing = [r for r in ("rootfs", "kernel", "checksum") if r not in found]
     if missing:
         raise DownloadError(f"{archive}: not a KIWI kis image: no {', '.join(missing)} member")

@@ -34,13 +34,16 @@ PODMAN = [shutil.which("podman") or "podman"]
 
 
 def write_host_files() -> None:
+    """Idempotent: never touches an existing file (its ctime is part of the cache key check)."""
     HOSTDIR.mkdir(parents=True, exist_ok=True)
-    HOSTDIR.chmod(0o755)
+    if HOSTDIR.stat().st_mode & 0o777 != 0o755:
+        HOSTDIR.chmod(0o755)
     for name, mode in (("host-a.txt", 0o644), ("host-b.txt", 0o644), ("secret.txt", 0o600)):
         path = HOSTDIR / name
         if not path.exists():
             path.write_text(f"{name} from the host\n")
-        path.chmod(mode)
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
 
 
 def build(tag: str, containerfile: str, files: dict[str, str], storage: Path | None, ctx: Path) -> None:

@@ -200,13 +200,16 @@ def _stamp(path: str) -> list[int]:
 def _fresh(side: dict[str, object], inputs: dict[str, object], runtime: list[object], engine: object,
            side_path: str) -> bool:
     """True when the recorded composition still matches every input (engine: Engine or None)."""
+    from .. import debug
     from . import compose_store
 
     if side.get("inputs_cfg") != inputs or side.get("runtime") != runtime:
+        debug.log("compose: registration or engine changed")
         return False
     hostdeps = side.get("hostdeps")
     watched = _watched(inputs, str(runtime[2]), list(hostdeps) if isinstance(hostdeps, list) else [])
     if compose_store.signature(watched) != side.get("sig"):
+        debug.log("compose: an include, host file or storage.conf changed")
         return False
     images_json = str(side.get("images_json", ""))
     if images_json and _stamp(images_json) == side.get("images_stamp"):
@@ -224,6 +227,7 @@ def _fresh(side: dict[str, object], inputs: dict[str, object], runtime: list[obj
         return found
 
     if any(current(ref) != rid for ref, rid in images) or current(tag) != iid:
+        debug.log("compose: an input image changed or the composed image is gone")
         return False
     if index is not None and stamp:
         try:

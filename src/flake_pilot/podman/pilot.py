@@ -95,14 +95,19 @@ def launch(app: str, args: list[str]) -> int:
     prefix = argv.engine(podman, debug.enabled())
     image = p.image
     if p.compose:
-        from .. import flakeconf
         from . import compose
 
-        flake = flakeconf.parse(app, p.config_file)
-        assert isinstance(flake, flakeconf.PodmanFlake)
-        with debug.phase("compose"):
-            image = compose.ensure_image(flake, prefix, env, state_dir=state,
-                                         ignore_sync_error="ignore_sync_error" in caller.options)
+        ignore = "ignore_sync_error" in caller.options
+        with debug.phase("compose"):  # warm: no YAML parse, no engine call
+            cached = compose.warm_image(app, p.config_file, prefix, env, state_dir=state,
+                                        ignore_sync_error=ignore)
+            if cached is None:
+                from .. import flakeconf
+
+                flake = flakeconf.parse(app, p.config_file)
+                assert isinstance(flake, flakeconf.PodmanFlake)
+                cached = compose.ensure_image(flake, prefix, env, state_dir=state, ignore_sync_error=ignore)
+            image = cached
     tty = "interactive" in caller.options or (os.isatty(0) and os.isatty(1))
     if p.resume:
         if p.target == "/":

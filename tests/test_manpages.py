@@ -6,6 +6,7 @@ help text, the description, the sub-commands; launcher pages carry their module 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import subprocess
@@ -27,11 +28,12 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@functools.cache
 def render(page: Path) -> str:
     """``man -l`` in ASCII with warnings on; a warning or a failure fails the test."""
     env = {**os.environ, "LANG": "C", "LC_ALL": "C", "MANWIDTH": "200", "MAN_KEEP_FORMATTING": ""}
     proc = subprocess.run(
-        ["man", "--warnings=all", "-l", str(page)], capture_output=True, text=True, env=env, timeout=60
+        ["man", "--warnings=all", "-l", str(page)], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", f"{page.name}: {proc.stderr}"

@@ -50,6 +50,7 @@ def fc(tmp_path: Path, cert: tuple[Path, Path]) -> Prefix:
     p.env["SSL_CERT_FILE"] = str(cert[0])
     p.env.pop("FLAKE_ALLOW_INSECURE_TRANSPORT", None)
     p.env["NO_PROGRESS"] = "1"
+    p.env["no_proxy"] = "localhost,127.0.0.1"  # the local test server, even where a proxy is configured
     _launcher_stub(p.bin_dir)
     return p
 
@@ -505,6 +506,7 @@ def user_home(cert: tuple[Path, Path]) -> Iterator[tuple[Path, dict[str, str]]]:
         "SSL_CERT_FILE": str(home / "cert.pem"),
         "FLAKES_CONFIG": str(home / "sys" / "flakes.yml"),
         "NO_PROGRESS": "1",
+        "no_proxy": "localhost,127.0.0.1",
         "PATH": f"{home / 'bin'}:{BIN}:/usr/bin:/bin",
     }
     yield home, env

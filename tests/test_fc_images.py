@@ -27,6 +27,11 @@ from https_server import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")  # the local test server, even behind a proxy
+
+
 @pytest.fixture(scope="session")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_cert(tmp_path_factory.mktemp("cert"))

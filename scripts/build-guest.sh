@@ -51,19 +51,7 @@ if [ ! -s "$G/vmlinux" ]; then
   mv "$G/vmlinux.tmp" "$G/vmlinux"
 fi
 
-if [ ! -s "$G/initrd.cpio.gz" ]; then
-  log "initrd"
-  I=$G/initrd.d; rm -rf "$I" "$G/bbx"; mkdir -p "$I"/{bin,dev,proc,sys,newroot,lib/modules}
-  dpkg-deb -x "$(fetch busybox-static)" "$G/bbx"; cp "$G/bbx/bin/busybox" "$I/bin/"
-  M=$K/lib/modules/$KVER/kernel
-  MODS="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/block/virtio_blk
-        drivers/char/virtio_console net/vmw_vsock/vsock net/vmw_vsock/vmw_vsock_virtio_transport_common
-        net/vmw_vsock/vmw_vsock_virtio_transport fs/overlayfs/overlay"
-  for m in $MODS; do
-    f=$(ls "$M/$m.ko"* | head -1)
-    case $f in *.xz) xz -dc "$f" > "$I/lib/modules/$(basename "$m").ko";; *) cp "$f" "$I/lib/modules/";; esac
-  done
-  cat > "$I/init" <<'EOF'
+INIT_SCRIPT=$(cat <<'EOF'
 #!/bin/busybox sh
 # flake-pilot test initrd: modules, read-only root from /dev/vda, switch_root to init= (default sci)
 B=/bin/busybox
@@ -79,9 +67,24 @@ for a in $($B cat /proc/cmdline); do
 done
 i=0; while [ ! -b $ROOT ] && [ $i -lt 500 ]; do $B usleep 10000; i=$((i+1)); done
 $B mount -t ext4 -o $MODE $ROOT /newroot || die "cannot mount $ROOT"
-$B mount --move /dev /newroot/dev; $B umount /proc /sys
-exec $B switch_root /newroot $INIT
+# hand /dev, /proc and /sys over: init does not have to mount them again
+$B mount --move /dev /newroot/dev; $B mount --move /proc /newroot/proc; $B mount --move /sys /newroot/sys
+exec $B switch_root /newroot $INIT "$@"
 EOF
+)
+if [ ! -s "$G/initrd.cpio.gz" ] || [ "$(cat "$G/initrd.d/init" 2>/dev/null)" != "$INIT_SCRIPT" ]; then
+  log "initrd"
+  I=$G/initrd.d; rm -rf "$I" "$G/bbx"; mkdir -p "$I"/{bin,dev,proc,sys,newroot,lib/modules}
+  dpkg-deb -x "$(fetch busybox-static)" "$G/bbx"; cp "$G/bbx/bin/busybox" "$I/bin/"
+  M=$K/lib/modules/$KVER/kernel
+  MODS="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/block/virtio_blk
+        drivers/char/virtio_console net/vmw_vsock/vsock net/vmw_vsock/vmw_vsock_virtio_transport_common
+        net/vmw_vsock/vmw_vsock_virtio_transport fs/overlayfs/overlay"
+  for m in $MODS; do
+    f=$(ls "$M/$m.ko"* | head -1)
+    case $f in *.xz) xz -dc "$f" > "$I/lib/modules/$(basename "$m").ko";; *) cp "$f" "$I/lib/modules/";; esac
+  done
+  printf '%s\n' "$INIT_SCRIPT" > "$I/init"
   chmod +x "$I/init"
   (cd "$I" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$G/initrd.cpio.gz.tmp")
   mv "$G/initrd.cpio.gz.tmp" "$G/initrd.cpio.gz"

@@ -18,12 +18,11 @@ from pathlib import Path
 
 from ..errors import FlakeError
 
-SHEBANG = b"#!/usr/bin/python3 -I\n"
+SHEBANG = b"#!/usr/bin/python3 -IS\n"  # isolated, no site: 0.3 s less start-up under TCG
 _PKG = Path(__file__).resolve().parent.parent  # src/flake_pilot
-MODULES = ["__init__.py", "errors.py", "protocol.py"] + [
-    f"sci/{name}" for name in ("__init__.py", "cmdline.py", "main.py", "reaper.py", "session.py", "system.py",
-                               "transport.py")
-]
+# guest modules: all of sci but this builder, plus what it imports from the package
+MODULES = ["__init__.py", "errors.py", "protocol.py"] + sorted(
+    f"sci/{p.name}" for p in (_PKG / "sci").glob("*.py") if p.name not in ("bundle.py", "__main__.py"))
 MAIN = b"import sys\nfrom flake_pilot.sci.main import main\nsys.exit(main())\n"
 _DATE = (2020, 1, 1, 0, 0, 0)
 

@@ -21,36 +21,46 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["--version"]:
         sys.stdout.write(f"sci {VERSION}\n")
         return 0
-    if args and args[0] not in ("--",):
+    pid1 = os.getpid() == 1
+    if args and not pid1:  # as init, argv holds the kernel's flag parameters: read from /proc/cmdline
         sys.stderr.write("usage: sci [--version]  (init; settings from the kernel command line)\n")
         return 2
     from . import system
-    pid1 = os.getpid() == 1
-    reset, remount, rc = False, ["/"], 1
+    state = _State()
+    rc = 1
     try:
-        reset, remount = _init(pid1)
+        _init(pid1, state)
         rc = 0
     except BaseException as exc:  # PID 1 must never die: report, then power off
         system.console(f"error: {type(exc).__name__ if not str(exc) else exc}")
     if pid1:
-        system.poweroff(reset, remount)
+        system.poweroff(state.reset, state.watch)
     return rc
 
 
-def _init(pid1: bool) -> tuple[bool, list[str]]:
+class _State:
+    """What power-off needs to know, filled in as far as _init gets."""
+
+    def __init__(self) -> None:
+        self.reset = False  # reboot=k: end by reset (Firecracker)
+        self.watch: list[int] = []  # fds of file systems that must be read-only first
+
+
+def _init(pid1: bool, state: _State) -> None:
     from . import cmdline, system
     from .cmdline import BASE_PATH
     os.environ["PATH"] = BASE_PATH  # the kernel gives init no PATH
-    if pid1:
+    if pid1 and not system.ismount("/proc"):
         system.mount("proc", "proc", "/proc")
     settings = cmdline.load()
+    state.reset = settings.reset
     system.debug_enabled = settings.debug
     system.log(f"sci {VERSION} as pid {os.getpid()}")
-    remount = ["/"]
     if settings.overlay_root and pid1:
-        remount.insert(0, system.setup_overlay(settings.overlay_root))
+        base_fd = system.setup_overlay(settings.overlay_root)
+        state.watch = [base_fd]  # sysrq u remounts block file systems (not the overlay itself)
         system.log(f"overlay root on {settings.overlay_root}")
-    if pid1:
+    elif pid1:
         system.mount_basic()
     waiter: Reaper | ThreadWaiter = Reaper() if pid1 else ThreadWaiter()
     if settings.session_mode:
@@ -66,25 +76,22 @@ def _init(pid1: bool) -> tuple[bool, list[str]]:
             transport.serve_virtio_serial(settings.port_prefix, serve, settings.resume)
     else:
         _serial(settings, waiter)
-    return settings.reset, remount
 
 
 def _serial(settings: Settings, waiter: Reaper | ThreadWaiter) -> None:
     """Compatibility: ``run=CMD`` runs on the console; its exit status is logged, not returned."""
-    import subprocess
-
     from . import system
+    from .spawn import spawn
     argv = settings.command()
     system.set_console_size(0, settings.rows, settings.cols)
     try:
-        proc = subprocess.Popen(argv, env=settings.base_env(), cwd="/")
+        pid = spawn(argv, settings.base_env(), controlling_tty=os.isatty(0))
     except OSError as exc:
         raise system.SciError(f"{argv[0]}: {exc.strerror}") from exc
-    fd = waiter.watch(proc.pid)
+    fd = waiter.watch(pid)
     os.read(fd, 1)
     os.close(fd)
-    status = waiter.status(proc.pid)
-    proc.returncode = status
+    status = waiter.status(pid)
     code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(status)
     system.log(f"{argv[0]}: exit status {code}")
 

@@ -9,17 +9,16 @@ import errno
 import fcntl
 import os
 import select
-import signal
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 
 from .. import protocol as p
 from .reaper import Reaper, ThreadWaiter
+from .spawn import spawn
 
-TIOCSCTTY = 0x540E  # no termios module in python3-minimal; generic Linux values (x86, arm)
-TIOCSWINSZ = 0x5414
+TIOCSWINSZ = 0x5414  # no termios module in python3-minimal; generic Linux value (x86, arm)
+SIGKILL = 9  # the signal module costs an enum import
 OUTPUT_GRACE = 2.0  # after the exit: wait this long at most for stdout/stderr EOF
 FLUSH_TIMEOUT = 10.0
 PROBE = "empty connection (readiness probe)"
@@ -31,10 +30,6 @@ Waiter = Reaper | ThreadWaiter  # watch(pid) -> fd readable at exit; status(pid)
 def set_winsize(fd: int, rows: int, cols: int) -> None:
     if rows and cols:
         fcntl.ioctl(fd, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _controlling_tty() -> None:  # child, after setsid: the pty slave on fd 0 becomes its terminal
-    fcntl.ioctl(0, TIOCSCTTY, 0)
 
 
 class Child:
@@ -49,8 +44,8 @@ class Child:
             os.set_inheritable(master, False)
             set_winsize(master, req.rows or winsize[0], req.cols or winsize[1])
             try:
-                self.proc = subprocess.Popen(req.argv, stdin=slave, stdout=slave, stderr=slave, cwd=req.cwd,
-                                             env=env, start_new_session=True, preexec_fn=_controlling_tty)
+                self.pid = spawn(req.argv, env, cwd=req.cwd, stdin=slave, stdout=slave, stderr=slave,
+                                 controlling_tty=True)
             except BaseException:
                 os.close(master)
                 raise
@@ -60,8 +55,8 @@ class Child:
         else:
             pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
             try:
-                self.proc = subprocess.Popen(req.argv, stdin=pipes[0][0], stdout=pipes[1][1],
-                                             stderr=pipes[2][1], cwd=req.cwd, env=env, start_new_session=True)
+                self.pid = spawn(req.argv, env, cwd=req.cwd, stdin=pipes[0][0], stdout=pipes[1][1],
+                                 stderr=pipes[2][1])
             except BaseException:
                 for r, w in pipes:
                     os.close(r)
@@ -77,7 +72,6 @@ class Child:
             os.set_blocking(fd, False)
         if fds[2] is not None:
             os.set_blocking(fds[2], False)
-        self.pid = self.proc.pid
 
     def signal(self, signo: int) -> None:
         try:
@@ -132,7 +126,7 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
                 if not peer_ok and not dec.pending:
                     return PROBE
                 if child is not None and status is None:
-                    child.signal(signal.SIGKILL)
+                    child.signal(SIGKILL)
                     _wait_fd(exit_fd)
                     status = waiter.status(child.pid)
                 return "host closed the session" + (f", pid {child.pid} killed" if child else "")
@@ -182,7 +176,6 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
                         _close_output(child, fd)
                 if exit_fd is not None and fd == exit_fd and status is None and child is not None:
                     status = waiter.status(child.pid)
-                    child.proc.returncode = status  # keeps subprocess from reaping it again
                     deadline = time.monotonic() + OUTPUT_GRACE
                 if fd == rfd and ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
                     try:
@@ -241,11 +234,11 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
         except OSError:
             pass
         if child is not None and status is None:
-            child.signal(signal.SIGKILL)
+            child.signal(SIGKILL)
         return f"refused: {exc}"
     except OSError as exc:
         if child is not None and status is None:
-            child.signal(signal.SIGKILL)
+            child.signal(SIGKILL)
         return f"session channel failed: {exc.strerror or exc}"
     finally:
         if child is not None:

@@ -6,7 +6,6 @@ in its own thread, otherwise the first real session ends sci's work.
 
 from __future__ import annotations
 
-import glob
 import os
 import socket
 import threading
@@ -59,7 +58,12 @@ def find_ports(prefix: str, timeout: float = 10.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
         found = []
-        for name_file in sorted(glob.glob("/sys/class/virtio-ports/vport*/name")):
+        try:
+            entries = sorted(os.listdir("/sys/class/virtio-ports"))
+        except OSError:
+            entries = []
+        for entry in entries:
+            name_file = f"/sys/class/virtio-ports/{entry}/name"
             try:
                 with open(name_file) as f:
                     name = f.read().strip()

@@ -194,3 +194,11 @@ def test_complete_helper_never_fails(prefix: Prefix, tmp_path: Path) -> None:
         proc = prefix.ctl("__complete", kind, env={"FLAKES_CONFIG": str(broken)})
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert prefix.ctl("__complete", "apps").stdout == ""  # nothing registered yet
+
+
+def test_vm_images(scripts: dict[str, Path], prefix: Prefix) -> None:
+    """VM image names come from <firecracker_registry_dir>/images/<name>/."""
+    (prefix.root / "firecracker" / "images" / "tiny-vm").mkdir(parents=True)
+    assert prefix.ctl("__complete", "vms").stdout == "tiny-vm\n"
+    assert bash_complete(scripts["bash"], ["firecracker", "remove", "--vm", ""], prefix.env) == ["tiny-vm"]
+    assert fish_complete(scripts["fish"], "flake-ctl firecracker register --vm ", prefix.env) == ["tiny-vm"]

@@ -23,6 +23,7 @@ from conftest import STATE, busybox_rootfs_tar, import_image, podman
 from flake_pilot import errors
 from flake_pilot.flakeconf import parse
 from flake_pilot.podman import compose
+from registry import Registry, local_registry  # noqa: F401 - fixture
 
 TAG = "v1"
 BASE = f"localhost/flake-test/delta-base:{TAG}"
@@ -522,3 +523,25 @@ def test_warm_image_skips_the_parse_until_the_registration_changes(
     (tmp_path / "flakes" / "dwarm.d" / "10-more.yaml").write_text("container:\n  layers: []\n")
     assert warm() is None  # a drop-in appeared: the launcher parses and calls ensure_image
     compose.free_entries(app="dwarm", podman_argv=PODMAN, env=env)
+
+
+def test_missing_layer_is_pulled_first(delta_images: Path, tmp_path: Path, local_registry: Registry) -> None:  # noqa: F811
+    ref = local_registry.push(L2, "delta/l2:v1", storage=delta_images)
+    podman("rmi", ref, storage=delta_images, check=False)
+    assert podman("image", "exists", ref, storage=delta_images, check=False).returncode == 1
+    env = {"CONTAINERS_STORAGE_CONF": str(delta_images), **local_registry.env()}
+    path = registration(tmp_path / "flakes", "dpull", base_container=BASE, layers=[ref])
+    missing = registration(
+        tmp_path / "flakes",
+        "dnopull",
+        base_container=BASE,
+        layers=[f"{local_registry.location}/delta/never-pushed:v1"],
+    )
+    try:
+        tag = compose.ensure_image(parse("dpull", str(path)), PODMAN, env, state_dir=str(state(tmp_path)))
+        assert run_in(tag, delta_images, "cat /opt/l2.txt") == "l2\n"
+        with pytest.raises(errors.NotFoundError, match="never-pushed:v1 is missing and cannot be pulled"):
+            compose.ensure_image(parse("dnopull", str(missing)), PODMAN, env, state_dir=str(state(tmp_path)))
+    finally:
+        compose.free_entries(app="dpull", podman_argv=PODMAN, env=env)
+        podman("rmi", ref, storage=delta_images, check=False)

@@ -695,3 +695,53 @@ def test_not_a_tarball_is_one_line_naming_the_source(fc: Prefix, tmp_path: Path)
         "tar.gz, tar.bz2 or tar.xz)\n"
     )
     assert sorted(snapshot(fc)) == ["images", "storage"]
+
+
+def test_progress_bar_only_on_a_terminal(fc: Prefix, tmp_path: Path, rootfs_bytes: bytes) -> None:
+    import pty
+
+    rootfs = tmp_path / "rootfs.ext4"
+    rootfs.write_bytes(rootfs_bytes)
+    env = {k: v for k, v in fc.env.items() if k != "NO_PROGRESS"}
+    argv = [
+        str(BIN / "flake-ctl"),
+        "firecracker",
+        "pull",
+        "--name",
+        "tty",
+        "--rootfs",
+        str(rootfs),
+        "--kernel",
+        str(rootfs),
+    ]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    try:
+        while True:  # read while it runs, so a full terminal buffer can never block it
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal has no writer left
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0
+    assert b"Downloading rootfs.ext4" in shown
+    quiet = fc.ctl(
+        "firecracker",
+        "pull",
+        "--force",
+        "--name",
+        "tty",
+        "--rootfs",
+        str(rootfs),
+        "--kernel",
+        str(rootfs),
+        env={"NO_PROGRESS": ""},
+    )
+    assert quiet.returncode == 0 and "Downloading" not in quiet.stderr

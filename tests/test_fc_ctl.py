@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -719,7 +720,11 @@ def test_progress_bar_only_on_a_terminal(fc: Prefix, tmp_path: Path, rootfs_byte
     os.close(slave)
     shown = b""
     try:
+        deadline = time.monotonic() + 120
         while True:  # read while it runs, so a full terminal buffer can never block it
+            assert time.monotonic() < deadline, "flake-ctl pull on a terminal did not finish"
+            if not select.select([master], [], [], 1.0)[0]:
+                continue
             try:
                 chunk = os.read(master, 65536)
             except OSError:  # EIO: the terminal has no writer left

@@ -43,6 +43,7 @@ class Site:
     drop: set[str] = field(default_factory=set)  # send half the body, then cut the connection
     stall: set[str] = field(default_factory=set)  # send half the body, then wait for `release`
     release: threading.Event = field(default_factory=threading.Event)
+    status: dict[str, int] = field(default_factory=dict)  # answer these paths with this status, no body
     log: list[str] = field(default_factory=list)
 
 
@@ -56,6 +57,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - base class naming
         site = self.server.site  # type: ignore[attr-defined]
         site.log.append(self.path)
+        if self.path in site.status:
+            self.send_response(site.status[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path in site.redirects:
             self.send_response(302)
             self.send_header("Location", site.redirects[self.path])

@@ -268,3 +268,19 @@ def test_downloads_keep_images_sparse(tmp_path: Path) -> None:
     assert _fetch(str(src), dest) == hashlib.sha256(data).hexdigest()
     assert dest.read_bytes() == data
     assert dest.stat().st_blocks * 512 < len(data) // 4
+
+
+def test_http_status_handling(tmp_path: Path, cert: tuple[Path, Path],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert[0]))
+    site = Site(status={"/s3.sha256": 403, "/gone.sha256": 410, "/broken.sha256": 500, "/img": 503})
+    with serve(site, cert) as srv:
+        def small(path: str) -> bytes | None:
+            return download.fetch_small(download.parse_source(srv.url(path), "x"))
+
+        assert small("/s3.sha256") is None and small("/gone.sha256") is None  # optional sibling: absent
+        with pytest.raises(DownloadError, match="HTTP 500"):
+            small("/broken.sha256")
+        with pytest.raises(DownloadError, match="HTTP 503"):
+            _fetch(srv.url("/img"), tmp_path / "img")
+    assert not (tmp_path / "img").exists()

@@ -91,6 +91,14 @@ def _opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoInsecureRedirect())
 
 
+class HTTPStatusError(DownloadError):
+    """A response other than 200 (404 is NotFoundError)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _open_http(source: Source) -> tuple[Any, int | None]:
     debug.log(f"GET {source.location}")
     headers = {"User-Agent": "flake-ctl", "Accept-Encoding": "identity"}
@@ -100,14 +108,14 @@ def _open_http(source: Source) -> tuple[Any, int | None]:
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise NotFoundError(f"{source.location}: HTTP 404 Not Found") from None
-        raise DownloadError(f"{source.location}: HTTP {exc.code} {exc.reason}") from None
+        raise HTTPStatusError(f"{source.location}: HTTP {exc.code} {exc.reason}", exc.code) from None
     except urllib.error.URLError as exc:
         raise DownloadError(f"{source.location}: {_reason(exc.reason)}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise DownloadError(f"{source.location}: {_reason(exc)}") from None
     if response.status != 200:
         response.close()
-        raise DownloadError(f"{source.location}: HTTP {response.status} (expected 200)")
+        raise HTTPStatusError(f"{source.location}: HTTP {response.status} (expected 200)", response.status)
     length = response.headers.get("Content-Length")
     chunked = "chunked" in (response.headers.get("Transfer-Encoding") or "").lower()
     if length is None and not chunked:
@@ -207,6 +215,10 @@ def fetch_small(source: Source, limit: int = 4096) -> bytes | None:
         response, _total = _open_http(source)
     except NotFoundError:
         return None
+    except HTTPStatusError as exc:
+        if exc.status in (401, 403, 410):  # object stores answer 403 for a missing object
+            return None
+        raise
     try:
         return bytes(response.read(limit))
     except (OSError, http.client.HTTPException) as exc:

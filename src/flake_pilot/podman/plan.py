@@ -63,7 +63,8 @@ def _key(app: str) -> tuple[object, ...]:
 
 
 def _cache_dir() -> str | None:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.environ.get("HOME") or "/nonexistent", ".cache")
+    home = os.environ.get("HOME") or "/nonexistent"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
     return os.path.join(base, "flake-pilot", "plans") if base.startswith("/") else None
 
 

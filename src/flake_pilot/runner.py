@@ -102,6 +102,12 @@ def first_line(data: bytes | None) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for line in lines:
         if line.startswith("Error:"):
+            others = [ln for ln in lines if ln is not line and "level=warning" not in ln]
+            if line.startswith("Error: exit status") and others:  # the cause is in a log line
+                cause = others[0]
+                if 'msg="' in cause:
+                    cause = cause.split('msg="', 1)[1].rsplit('"', 1)[0]
+                return f"{line}: {cause}"
             return line
     return lines[-1] if lines else "(no error output)"
 

@@ -176,12 +176,12 @@ def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list
             return old
         runner.run([*prefix, "rm", "-f", "-t", "0", old], env=env, check=False)
     instance.clear(paths)
-    create = argv.resume_create_argv(prefix, image, opts, paths.cid, paths.pid)
+    label = _launch_label()  # finds the container even if its cid file could not be written
+    create = argv.resume_create_argv(prefix, image, [*opts, "--label", label], paths.cid, paths.pid)
     done = runner.run(create, env=env, check=False)
     cid = instance.read_cid(paths.cid)
     if done.returncode != 0 or not cid:
-        if cid:
-            runner.run([*prefix, "rm", "-f", "-t", "0", cid], env=env, check=False)
+        _remove_failed(prefix, env, cid, label)
         instance.clear(paths)
         raise EngineError(f"{image}: cannot start the resume instance: {runner.first_line(done.stderr)}",
                           done.returncode)
@@ -203,11 +203,14 @@ def _attach(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str],
             cid = instance.read_cid(paths.cid)
             if not cid or runner.run([*prefix, "container", "exists", cid], env=env, check=False).returncode:
                 instance.clear(paths)
+                label = _launch_label()
                 with _progress(caller, f"creating {p.app}"):
-                    done = runner.run(argv.create_argv(prefix, image, p.target, opts, caller.app_args, tty,
-                                                       paths.cid, paths.pid), env=env, check=False)
+                    done = runner.run(argv.create_argv(prefix, image, p.target, [*opts, "--label", label],
+                                                       caller.app_args, tty, paths.cid, paths.pid),
+                                      env=env, check=False)
                 cid = instance.read_cid(paths.cid)
                 if done.returncode != 0 or not cid:
+                    _remove_failed(prefix, env, cid, label)
                     instance.clear(paths)
                     why = runner.first_line(done.stderr)
                     raise EngineError(f"{image}: cannot create the container: {why}", done.returncode)
@@ -217,6 +220,23 @@ def _attach(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str],
     if "remove" in caller.options:
         _remove(prefix, env, cid, paths)
     return code
+
+
+LAUNCH_LABEL = "io.flake-pilot.launch"
+
+
+def _launch_label() -> str:
+    return f"{LAUNCH_LABEL}={os.getpid()}-{os.urandom(6).hex()}"
+
+
+def _remove_failed(prefix: list[str], env: dict[str, str], cid: str, label: str) -> None:
+    """A create that failed (e.g. disk full: no cid file) must not leak its container."""
+    from .. import runner
+
+    if cid:
+        runner.run([*prefix, "rm", "-f", "-t", "0", cid], env=env, check=False)
+    else:
+        runner.run([*prefix, "rm", "-f", "-t", "0", "--filter", f"label={label}"], env=env, check=False)
 
 
 def _remove(prefix: list[str], env: dict[str, str], cid: str, paths: Paths) -> None:

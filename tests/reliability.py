@@ -119,8 +119,12 @@ def render(rows: list[dict[str, object]]) -> str:
         mine = [r for r in rows if str(r.get("part")) == part]
         if not mine:
             continue
-        lines += [f"## {part}. {title}", "", "| case | tries | concurrency | result | seconds | details | run |",
-                  "|---|---:|---:|---|---:|---|---|"]
+        lines += [
+            f"## {part}. {title}",
+            "",
+            "| case | tries | concurrency | result | seconds | details | run |",
+            "|---|---:|---:|---|---:|---|---|",
+        ]
         for r in mine:
             result = str(r.get("result"))
             total[result] = total.get(result, 0) + 1

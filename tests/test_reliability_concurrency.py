@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import BB_IMAGE, Prefix
 from podman_scopes import Scope, root_scope
 from reliability import record, regenerate_report  # noqa: F401 - session fixture
@@ -27,8 +28,18 @@ def scope(tmp_path: Path, system_storage: Path, bb_image: str) -> Iterator[Scope
 
 
 def start_all(scope: Scope, app: str, script_of: list[str]) -> list[tuple[int, str, str]]:
-    procs = [scope.popen(app, "-c", script, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True) for script in script_of]
+    procs = [
+        scope.popen(
+            app,
+            "-c",
+            script,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script in script_of
+    ]
     return [_wait(p) for p in procs]
 
 
@@ -38,7 +49,9 @@ def _wait(p: subprocess.Popen) -> tuple[int, str, str]:
 
 
 def labelled(scope: Scope, label: str) -> list[str]:
-    return scope.podman("ps", "-a", "-q", "--no-trunc", "--filter", f"label={label}", check=True).stdout.split()
+    return scope.podman(
+        "ps", "-a", "-q", "--no-trunc", "--filter", f"label={label}", check=True
+    ).stdout.split()
 
 
 def test_16_first_calls_of_a_resume_flake_share_one_instance(scope: Scope) -> None:
@@ -64,7 +77,9 @@ def test_16_oneshot_calls_are_independent_and_leave_nothing(scope: Scope) -> Non
         label = f"flake-rel={uuid.uuid4().hex}"
         scope.register("app", opts=[f"--label {label}"])
         t0 = time.monotonic()
-        results = start_all(scope, "app", [f"echo call-{i}; cat /etc/hostname; exit {i % 5}" for i in range(N)])
+        results = start_all(
+            scope, "app", [f"echo call-{i}; cat /etc/hostname; exit {i % 5}" for i in range(N)]
+        )
         wall = time.monotonic() - t0
         bad = [(i, r) for i, r in enumerate(results) if r[0] != i % 5 or not r[1].startswith(f"call-{i}\n")]
         assert not bad, bad[:3]
@@ -72,7 +87,9 @@ def test_16_oneshot_calls_are_independent_and_leave_nothing(scope: Scope) -> Non
         assert len(hosts) == N, f"{len(hosts)} distinct containers for {N} calls"
         assert labelled(scope, label) == []  # all removed (--rm)
         assert scope.state_files() == [], scope.state_files()
-        rec.detail = f"{N} distinct containers, {N}/{N} outputs and exit codes, 0 left over, {wall:.1f} s wall"
+        rec.detail = (
+            f"{N} distinct containers, {N}/{N} outputs and exit codes, 0 left over, {wall:.1f} s wall"
+        )
 
 
 # -- flake-ctl register/remove --------------------------------------------------------------------
@@ -84,8 +101,16 @@ def ctl_all(prefix: Prefix, calls: list[list[str]]) -> list[subprocess.Completed
 
 
 def register_argv(prefix: Prefix, name: str, target: str = "/bin/sh") -> list[str]:
-    return ["podman", "register", "--container", BB_IMAGE, "--app", str(prefix.bin_dir / name),
-            "--target", target]
+    return [
+        "podman",
+        "register",
+        "--container",
+        BB_IMAGE,
+        "--app",
+        str(prefix.bin_dir / name),
+        "--target",
+        target,
+    ]
 
 
 def state_of(prefix: Prefix, name: str) -> tuple[bool, bool]:
@@ -109,8 +134,9 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_concurrent_register_and_remove_of_different_apps(prefix: Prefix, bb_image: str) -> None:
     k = 8
-    with record("1", "flake-ctl: register 8 apps while removing 8 others", count=2 * k,
-                concurrency=2 * k) as rec:
+    with record(
+        "1", "flake-ctl: register 8 apps while removing 8 others", count=2 * k, concurrency=2 * k
+    ) as rec:
         for i in range(k):
             assert prefix.ctl(*register_argv(prefix, f"old{i}")).returncode == 0
         calls = [register_argv(prefix, f"new{i}", f"/bin/t{i}") for i in range(k)]
@@ -123,8 +149,11 @@ def test_concurrent_register_and_remove_of_different_apps(prefix: Prefix, bb_ima
             assert data["container"]["target_app_path"] == f"/bin/t{i}"
             assert state_of(prefix, f"old{i}") == (False, False)
             assert not (prefix.flakes_dir / f"old{i}.d").exists()
-        leftovers = [p.name for p in (*prefix.flakes_dir.iterdir(), *prefix.bin_dir.iterdir())
-                     if p.name.startswith(".") and p.name != ".flake-ctl.lock"]
+        leftovers = [
+            p.name
+            for p in (*prefix.flakes_dir.iterdir(), *prefix.bin_dir.iterdir())
+            if p.name.startswith(".") and p.name != ".flake-ctl.lock"
+        ]
         assert leftovers == []
         rec.detail = f"{2 * k}/{2 * k} succeeded, every config+symlink consistent, no temp files"
 
@@ -151,8 +180,9 @@ def test_concurrent_remove_of_the_same_app_one_wins(prefix: Prefix, bb_image: st
         results = ctl_all(prefix, [["podman", "remove", "--app", str(prefix.bin_dir / "same")]] * k)
         assert sum(r.returncode == 0 for r in results) == 1, [(r.returncode, r.stderr) for r in results]
         losers = [r for r in results if r.returncode != 0]
-        assert all(r.returncode == 4 and "not registered" in one_line(r) for r in losers), \
-            [(r.returncode, r.stderr) for r in losers]
+        assert all(r.returncode == 4 and "not registered" in one_line(r) for r in losers), [
+            (r.returncode, r.stderr) for r in losers
+        ]
         assert state_of(prefix, "same") == (False, False)
         rec.detail = "1 winner, 7 clean 'not registered' (exit 4), config and symlink both gone"
 
@@ -162,8 +192,10 @@ def test_register_racing_remove_of_the_same_app_stays_consistent(prefix: Prefix,
     with record("1", "flake-ctl: register racing remove of the same app", count=rounds, concurrency=2) as rec:
         outcomes = []
         for _ in range(rounds):
-            reg, rem = ctl_all(prefix, [register_argv(prefix, "race"),
-                                        ["podman", "remove", "--app", str(prefix.bin_dir / "race")]])
+            reg, rem = ctl_all(
+                prefix,
+                [register_argv(prefix, "race"), ["podman", "remove", "--app", str(prefix.bin_dir / "race")]],
+            )
             assert reg.returncode == 0, reg.stderr
             assert rem.returncode in (0, 4), rem.stderr
             state = state_of(prefix, "race")
@@ -171,5 +203,7 @@ def test_register_racing_remove_of_the_same_app_stays_consistent(prefix: Prefix,
             assert state == ((True, True) if rem.returncode == 4 else (False, False))
             outcomes.append("remove-first" if rem.returncode == 4 else "register-first")
             prefix.ctl("podman", "remove", "--force", "--app", str(prefix.bin_dir / "race"))
-        rec.detail = (f"{rounds}/{rounds} consistent (both present or both absent); orders seen: "
-                      f"{outcomes.count('register-first')} register-first, {outcomes.count('remove-first')} remove-first")
+        rec.detail = (
+            f"{rounds}/{rounds} consistent (both present or both absent); orders seen: "
+            f"{outcomes.count('register-first')} register-first, {outcomes.count('remove-first')} remove-first"
+        )

@@ -750,3 +750,26 @@ def test_progress_bar_only_on_a_terminal(fc: Prefix, tmp_path: Path, rootfs_byte
         env={"NO_PROGRESS": ""},
     )
     assert quiet.returncode == 0 and "Downloading" not in quiet.stderr
+
+
+@pytest.mark.parametrize("no_net", [False, True])
+def test_registration_feeds_firecracker_pilot(pulled: Prefix, no_net: bool) -> None:
+    """The contract with firecracker-pilot: its VM document comes out of our registration."""
+    from flake_pilot.firecracker import vmdef
+
+    args = ["--no-net"] if no_net else []
+    res = pulled.ctl(
+        "firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "net"), "--resume", *args
+    )
+    assert res.returncode == 0, res.stderr
+    flake = flakeconf.parse("net", str(pulled.flakes_dir / "net.yaml"))
+    assert isinstance(flake, flakeconf.VmFlake)
+    image = registry(pulled) / "images" / "leap"
+    assert vmdef.wants_network(flake) is not no_net
+    inst = vmdef.Instance("net", "/run/x.sock", None, None if no_net else "tap-net", "AA:FC:00:00:00:01")
+    cmdline = vmdef.boot_args(flake, [], overlay=False)
+    doc = vmdef.config(flake, inst, cmdline)
+    assert doc["drives"][0]["path_on_host"] == str(image / "rootfs")
+    assert doc["boot-source"]["kernel_image_path"] == str(image / "kernel")
+    assert "init=/usr/sbin/sci" in cmdline.split() and "sci_resume=1" in cmdline.split()
+    assert ("network-interfaces" in doc) is not no_net

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Launch cost of podman-pilot against raw podman doing the same work (not a test).
+
+(a) one-shot flake call  vs  raw ``podman run --rm -i --entrypoint /bin/sh IMG -c true``
+(b) resume flake call    vs  raw ``podman exec -i CTR /bin/sh -c true`` (same instance)
+(c) the launcher alone: a flake whose engine is ``/bin/true`` (``podman_binary``) vs ``/bin/true``
+
+Pairs alternate (AB, BA, AB, ...) in one run so load drifts hit both sides; prints medians,
+the ratio of medians and the median of per-pair ratios. The flake is called through its
+symlink to the installed console script (the venv's bin), like a user would.
+Run as root from the repository: ``/var/tmp/flake-pilot/venv/bin/python bench/podman_launch.py [-n 21]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import BB_IMAGE, BIN, STATE, STORAGE, busybox_rootfs_tar, import_image, podman, storage_conf  # noqa: E402
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({done.returncode}): {done.stderr.decode()[-300:]}")
+    return elapsed
+
+
+def pairs(label: str, flake: list[str], raw: list[str], env: dict[str, str], n: int) -> tuple[float, float]:
+    for _ in range(2):  # warm-up: plan cache, instance, page cache
+        timed(flake, env)
+        timed(raw, env)
+    fl, rw = [], []
+    for i in range(n):
+        if i % 2:
+            rw.append(timed(raw, env))
+            fl.append(timed(flake, env))
+        else:
+            fl.append(timed(flake, env))
+            rw.append(timed(raw, env))
+    mf, mr = statistics.median(fl), statistics.median(rw)
+    per_pair = statistics.median(f / r for f, r in zip(fl, rw, strict=True))
+    print(f"{label:9} flake median {mf * 1000:7.1f} ms   raw median {mr * 1000:7.1f} ms   "
+          f"ratio {mf / mr:.3f}   median pair ratio {per_pair:.3f}   (+{(mf - mr) * 1000:.1f} ms, n={n})")
+    return mf, mr
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=21, help="pairs per case (default 21)")
+    args = parser.parse_args()
+    conf = STATE / "podman" / "containers.conf"
+    if conf.exists():
+        os.environ["CONTAINERS_CONF"] = str(conf)
+    storage = storage_conf(STORAGE / "root")
+    if podman("image", "exists", BB_IMAGE, storage=storage, check=False).returncode != 0:
+        import_image(BB_IMAGE, busybox_rootfs_tar(), storage)
+    with tempfile.TemporaryDirectory(prefix="flake-bench-") as tmp:
+        root = Path(tmp)
+        (root / "flakes").mkdir()
+        (root / "bin").mkdir()
+        (root / "flakes.yml").write_text(
+            f"generic:\n  flakes_dir: {root / 'flakes'}\n  podman_ids_dir: {root / 'ids'}\n"
+            f"  podman_storage_conf: {storage}\n")
+        for name, resume in (("bench-once", "false"), ("bench-resume", "true")):
+            (root / "flakes" / f"{name}.yaml").write_text(
+                f"include: {{tar: ~, path: ~}}\ncontainer:\n  name: {BB_IMAGE}\n  target_app_path: /bin/sh\n"
+                f"  host_app_path: {root / 'bin' / name}\n  check_host_dependencies: false\n"
+                f"  runtime: {{runas: root, resume: {resume}, attach: false, podman: ~}}\n")
+            (root / "bin" / name).symlink_to(BIN / "podman-pilot")
+        env = {**os.environ, "FLAKES_CONFIG": str(root / "flakes.yml"), "XDG_CACHE_HOME": str(root / "cache"),
+               "CONTAINERS_STORAGE_CONF": str(storage)}
+        env.pop("PILOT_DEBUG", None)
+        raw_podman = ["podman", "--log-level=error"]
+        print(f"podman-pilot launch bench: {BB_IMAGE}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+        pairs("one-shot", [str(root / "bin" / "bench-once"), "-c", "true"],
+              [*raw_podman, "run", "--rm", "-i", "--entrypoint", "/bin/sh", BB_IMAGE, "-c", "true"], env, args.n)
+        timed([str(root / "bin" / "bench-resume"), "-c", "true"], env)  # creates the instance
+        cid = next((root / "ids").glob("*/bench-resume.cid")).read_text().strip()
+        try:
+            pairs("resume", [str(root / "bin" / "bench-resume"), "-c", "true"],
+                  [*raw_podman, "exec", "-i", cid, "/bin/sh", "-c", "true"], env, args.n)
+        finally:
+            subprocess.run([*raw_podman, "rm", "-f", "-t", "0", cid], env=env, capture_output=True)
+        fake = root / "fake"
+        (fake / "flakes").mkdir(parents=True)
+        (fake / "flakes.yml").write_text(
+            f"generic:\n  flakes_dir: {fake / 'flakes'}\n  podman_ids_dir: {root / 'ids'}\n  podman_binary: /bin/true\n")
+        (fake / "flakes" / "bench-once.yaml").write_text((root / "flakes" / "bench-once.yaml").read_text())
+        pairs("launcher", [str(root / "bin" / "bench-once"), "-c", "true"], ["/bin/true", "run", "--rm"],
+              {**env, "FLAKES_CONFIG": str(fake / "flakes.yml")}, args.n)
+        print(f"load after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import TextIO
+
+TYPE_CHECKING = False  # no typing import at run time (launchers import this)
+if TYPE_CHECKING:
+    import threading
+    from typing import TextIO
 
 FRAMES = "|/-\\"
 
@@ -41,21 +42,23 @@ class Progress:
         self.label, self.total, self.stream, self.interval = label, total, stream, interval
         self.done = 0
         self._frame = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # threading is imported only when drawing
+
+    def __enter__(self) -> Progress:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def advance(self, amount: int = 1) -> None:
-        with self._lock:
-            self.done += amount
+        self.done += amount  # one int store: atomic enough for a display
 
     def set_total(self, total: int | None) -> None:
-        with self._lock:
-            self.total = total
+        self.total = total
 
     def render(self) -> str:
-        with self._lock:
-            done, total = self.done, self.total
+        done, total = self.done, self.total
         if total:
             frac = min(done / total, 1.0)
             filled = int(frac * 20)
@@ -72,13 +75,16 @@ class Progress:
             self._draw()
 
     def start(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
         self._draw()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
         if self._thread is not None:
+            self._stop.set()
             self._thread.join()
         self.stream.write("\r\x1b[K")
         self.stream.flush()
@@ -92,18 +98,12 @@ class _Silent(Progress):
         pass
 
 
-@contextmanager
-def bar(label: str, total: int | None = None, stream: TextIO | None = None) -> Iterator[Progress]:
-    """A progress display for the block; a silent stand-in when not on a terminal."""
+def bar(label: str, total: int | None = None, stream: TextIO | None = None) -> Progress:
+    """A progress display for a ``with`` block; a silent stand-in when not on a terminal."""
     out = stream or sys.stderr
-    p: Progress = Progress(label, total, out) if active(out) else _Silent(label, total, out)
-    p.start()
-    try:
-        yield p
-    finally:
-        p.stop()
+    return Progress(label, total, out) if active(out) else _Silent(label, total, out)
 
 
-def spinner(label: str, stream: TextIO | None = None) -> AbstractContextManager[Progress]:
+def spinner(label: str, stream: TextIO | None = None) -> Progress:
     """A spinner for work of unknown length (same as ``bar`` without a total)."""
     return bar(label, None, stream)

@@ -148,14 +148,18 @@ def _config_sig(config_file: str) -> object:
 
 def _watched(inputs: dict[str, object], storage_conf: str, hostdeps: list[str]) -> list[str]:
     """Files whose change invalidates the cache: includes, host files, storage config."""
-    if storage_conf:
-        confs = [storage_conf]
-    else:
-        from ..settings import home_dir
-
-        confs = ["/etc/containers/storage.conf", os.path.join(home_dir(), ".config/containers/storage.conf")]
+    confs = _confs(storage_conf)
     files = [str(p) for p in [*inputs["tar"], *inputs["path"]]]  # type: ignore[misc]
     return [*files, *hostdeps, *confs]
+
+
+def _confs(storage_conf: str) -> list[str]:
+    """The storage.conf files that decide where the image store is."""
+    if storage_conf:
+        return [storage_conf]
+    from ..settings import home_dir
+
+    return ["/etc/containers/storage.conf", os.path.join(home_dir(), ".config/containers/storage.conf")]
 
 
 def _read_sidecar(path: str) -> dict[str, object] | None:
@@ -265,11 +269,13 @@ def _compose_locked(
     debug.log(f"compose: composing {flake.app}")
     try:
         config_sig = _config_sig(flake.config_file)
-        images_json = engine.images_json()
+        store_sig = compose_store.signature(_confs(str(runtime[2])))
+        known = old.get("images_json") if old and old.get("store_sig") == store_sig else None
+        images_json = known if isinstance(known, str) else engine.images_json()  # podman info: ~0.3 s
         images_stamp = _stamp(images_json)  # before resolving: a later change is noticed
         result = compose_build.compose(flake, engine, workdir, ignore)
         sig = compose_store.signature(_watched(inputs, str(runtime[2]), list(result.hostdeps)))
-        side = {"inputs_cfg": inputs, "runtime": runtime, "config_sig": config_sig,
+        side = {"inputs_cfg": inputs, "runtime": runtime, "config_sig": config_sig, "store_sig": store_sig,
                 "images_json": images_json, "images_stamp": images_stamp, "tag": result.tag,
                 "id": result.image_id, "images": [list(i) for i in result.inputs],
                 "hostdeps": list(result.hostdeps), "sig": sig}

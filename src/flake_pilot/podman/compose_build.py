@@ -173,6 +173,7 @@ def compose(flake: PodmanFlake, engine: Engine, workdir: str, ignore_sync_error:
         key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
         tag = f"{PREFIX}{repo_name(flake.app)}:{key}"
         existing = engine.image_id(tag)
+        created = existing is None
         if existing is None:
             out = os.path.join(workdir, "composed.tar")
             _write_composed(archive, stack, extras, archive.configs[app_id], inputs, tag, key, flake.app, out)
@@ -181,8 +182,7 @@ def compose(flake: PodmanFlake, engine: Engine, workdir: str, ignore_sync_error:
             existing = engine.image_id(tag)
             if existing is None:
                 raise EngineError(f"podman load did not create {tag}")
-        return Result(tag, existing, tuple((ref, iid) for _, ref, iid in inputs), tuple(deps),
-                      created=True)
+        return Result(tag, existing, tuple((ref, iid) for _, ref, iid in inputs), tuple(deps), created)
     finally:
         archive.close()
 
@@ -249,7 +249,7 @@ def _host_layer(
                 try:
                     compose_tar.add_tree(tar, path, check)
                 except OSError as exc:
-                    check._refuse(path, f"cannot read: {exc.strerror}", NotFoundError)
+                    check.refuse(path, f"cannot read: {exc.strerror}", NotFoundError)
 
     diff = compose_tar.write_layer(layer, fill)
     return [p for p in paths if p not in check.skipped], [(layer, diff)]

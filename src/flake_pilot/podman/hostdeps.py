@@ -57,7 +57,7 @@ class HostFileCheck:
         self.where, self.ignore_errors = where, ignore_errors
         self.skipped: list[str] = []
 
-    def _refuse(self, path: str, why: str, cls: type[Exception]) -> bool:
+    def refuse(self, path: str, why: str, cls: type[Exception]) -> bool:
         if self.ignore_errors:
             self.skipped.append(path)
             return False
@@ -66,15 +66,15 @@ class HostFileCheck:
     def exists(self, path: str) -> bool:
         if os.path.lexists(path):
             return True
-        return self._refuse(path, "not found on this host", NotFoundError)
+        return self.refuse(path, "not found on this host", NotFoundError)
 
     def __call__(self, path: str, st: os.stat_result) -> bool:
         mode = st.st_mode
         if stat.S_ISLNK(mode):
             return True
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            return self._refuse(path, "not a regular file, directory or symlink", SecurityError)
+            return self.refuse(path, "not a regular file, directory or symlink", SecurityError)
         if not mode & stat.S_IROTH:
-            return self._refuse(path, "not world-readable, refusing to copy it into a container",
+            return self.refuse(path, "not world-readable, refusing to copy it into a container",
                                 SecurityError)
         return True

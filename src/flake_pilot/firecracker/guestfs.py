@@ -119,7 +119,8 @@ def install_sci(image: str, sci_file: str) -> None:
     with open(sci_file, "rb") as handle:
         content = handle.read()
     # debugfs parses its command line itself: give it a private copy under a plain name
-    tmp_dir = tempfile.mkdtemp(prefix="flake-sci-")
+    base = tempfile.gettempdir()
+    tmp_dir = tempfile.mkdtemp(prefix="flake-sci-", dir=base if _SAFE.fullmatch(base) else "/tmp")
     try:
         local = os.path.join(tmp_dir, "sci")
         with open(local, "wb") as out:

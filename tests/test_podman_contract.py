@@ -175,8 +175,33 @@ def test_untrapped_signal_ends_app_with_128_plus_n(scope: Scope, mode: str) -> N
 def test_closed_stdout_ends_app_with_sigpipe(scope: Scope, mode: str) -> None:
     """`app | head -1`: when the reader goes away the app ends like a native one (128+SIGPIPE)."""
     app = register(scope, mode)
-    proc = scope.popen(app, "-c", "yes", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = scope.popen(app, "-c", "yes", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.read(4) == b"y\ny\n"
     proc.stdout.close()
     err = proc.stderr.read() if proc.stderr else b""
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE, err
+
+
+def test_ctrl_c_typed_into_the_terminal_reaches_the_app(scope: Scope, mode: str) -> None:
+    """In a terminal, ^C travels in-band through the container's terminal to the app."""
+    app = register(scope, mode)
+    master, slave = os.openpty()
+    proc = scope.popen(app, "-c", "trap 'echo got-INT; exit 9' INT; echo ready; sleep 60 & wait",
+                       stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 90
+    sent = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if not sent and b"ready" in out:
+            os.write(master, b"\x03")
+            sent = True
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                out += os.read(master, 4096)
+            except OSError:
+                break
+    os.close(master)
+    assert proc.wait(timeout=30) == 9, out
+    assert b"got-INT" in out

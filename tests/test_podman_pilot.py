@@ -224,3 +224,23 @@ def test_ordinary_user_calling_a_system_flake_gets_a_clear_error(uscope: Scope) 
     line = one_error_line(done, "sysapp")
     assert "runas root" in line and "sudo sysapp" in line
     assert uscope.state_files() == []
+
+
+def test_progress_shows_on_a_terminal_while_an_instance_starts(scope: Scope) -> None:
+    from test_podman_contract import run_in_pty
+
+    scope.register("app", resume=True)
+    code, out = run_in_pty(scope, "app", "%progress", "-c", "echo started")
+    assert code == 0 and "starting app" in out and "started" in out, out
+
+
+def test_flake_registered_by_flake_ctl_runs(scope: Scope, bb_image: str) -> None:
+    from conftest import BIN
+
+    app = scope.bin_dir / "viactl"
+    argv = [str(BIN / "flake-ctl"), "podman", "register", "--container", bb_image, "--app", str(app),
+            "--target", "/bin/sh", "--resume"]
+    done = subprocess.run(argv, env=scope.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ran = scope.run("viactl", "-c", "echo via-ctl; exit 2")
+    assert (ran.returncode, ran.stdout) == (2, "via-ctl\n"), ran.stderr

@@ -177,7 +177,9 @@ def is_pid1_without_handler(pid: int, signum: int) -> bool:
         with open(f"/proc/{pid}/status", "rb") as handle:
             fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
         nspid = fields[b"NSpid"].split()
-        caught = int(fields[b"SigCgt"], 16) | int(fields[b"SigIgn"], 16)
+        # blocked counts as handled: catatonit (--init) blocks every signal and reads them from a
+        # signalfd; the kernel queues a blocked signal even for a namespace's init
+        caught = int(fields[b"SigCgt"], 16) | int(fields[b"SigIgn"], 16) | int(fields[b"SigBlk"], 16)
     except (OSError, KeyError, ValueError):
         return False
     return len(nspid) > 1 and nspid[-1] == b"1" and not caught & (1 << (signum - 1))

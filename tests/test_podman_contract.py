@@ -205,3 +205,25 @@ def test_ctrl_c_typed_into_the_terminal_reaches_the_app(scope: Scope, mode: str)
     os.close(master)
     assert proc.wait(timeout=30) == 9, out
     assert b"got-INT" in out
+
+
+def test_stderr_redirected_from_a_terminal_stays_separate(scope: Scope, mode: str) -> None:
+    """`app 2>log` in a terminal: no -t (it would merge stderr into the terminal)."""
+    app = register(scope, mode)
+    master, slave = os.openpty()
+    proc = scope.popen(app, "-c", "echo to-out; echo to-err >&2", stdin=slave, stdout=slave,
+                       stderr=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    err = proc.stderr.read() if proc.stderr else b""
+    out = b""
+    while select.select([master], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    assert (err, out.replace(b"\r\n", b"\n")) == (b"to-err\n", b"to-out\n")

@@ -108,7 +108,9 @@ def launch(app: str, args: list[str]) -> int:
                 assert isinstance(flake, flakeconf.PodmanFlake)
                 cached = compose.ensure_image(flake, prefix, env, state_dir=state, ignore_sync_error=ignore)
             image = cached
-    tty = "interactive" in caller.options or (os.isatty(0) and os.isatty(1))
+    # a terminal only when all three streams are one: with -t podman merges the app's stderr into
+    # the terminal, so `app 2>log` would lose the separation
+    tty = "interactive" in caller.options or (os.isatty(0) and os.isatty(1) and os.isatty(2))
     if p.resume:
         if p.target == "/":
             raise ConfigError(f"{p.config_file}: key 'container.target_app_path': resume mode needs the "

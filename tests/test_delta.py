@@ -454,15 +454,8 @@ def test_full_disk_leaves_nothing(delta_images: Path, tmp_path: Path) -> None:
 def test_cache_list_prune_and_free(delta_images: Path, tmp_path: Path, prefix) -> None:  # type: ignore[no-untyped-def]
     tag = compose_app(tmp_path, delta_images, "dcache", base_container=BASE)
 
-    def ctl(*argv: str) -> subprocess.CompletedProcess[str]:
-        code = (
-            "import argparse, sys; from flake_pilot.ctl import podman_cache\n"
-            "p = argparse.ArgumentParser(); podman_cache.add_parser(p.add_subparsers())\n"
-            "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
-        )
-        return subprocess.run(
-            [sys.executable, "-c", code, *argv], env=prefix.env, text=True, capture_output=True, timeout=60
-        )
+    def ctl(*argv: str) -> subprocess.CompletedProcess[str]:  # the installed flake-ctl
+        return prefix.ctl("podman", *argv, timeout=60)
 
     listed = ctl("cache", "list", "--format", "json")
     assert listed.returncode == 0, listed.stderr
@@ -472,6 +465,17 @@ def test_cache_list_prune_and_free(delta_images: Path, tmp_path: Path, prefix) -
     pruned = ctl("cache", "prune", "--app", "dcache")
     assert pruned.returncode == 0 and f"removed {tag}" in pruned.stdout, pruned.stderr
     assert composed_of("dcache", delta_images) == []
+    # registered in the prefix: prune keeps its newest entry, --all removes it
+    kept = compose.ensure_image(
+        parse("dkeep", str(registration(prefix.flakes_dir, "dkeep", base_container=BASE))),
+        PODMAN,
+        {"CONTAINERS_STORAGE_CONF": str(delta_images)},
+        state_dir=str(state(tmp_path)),
+    )
+    pruned = ctl("cache", "prune", "--app", "dkeep")
+    assert pruned.returncode == 0 and composed_of("dkeep", delta_images) == [kept], pruned.stdout
+    pruned = ctl("cache", "prune", "--app", "dkeep", "--all")
+    assert pruned.returncode == 0 and composed_of("dkeep", delta_images) == [], pruned.stdout
     # free_entries by input image (what flake-ctl calls when a container is removed)
     alias = "localhost/flake-test/delta-base-alias:latest"
     podman("tag", BASE, alias, storage=delta_images)

@@ -411,7 +411,8 @@ def test_private_or_missing_host_file(delta_images: Path, tmp_path: Path) -> Non
     podman("rmi", image, storage=delta_images, check=False)
 
 
-def test_interrupted_composition_leaves_nothing(delta_images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_composition_leaves_nothing(delta_images: Path, tmp_path: Path, signum: int) -> None:
     fifo = tmp_path / "slow.tar"
     os.mkfifo(fifo)
     proc = _debug_compose(
@@ -424,7 +425,7 @@ def test_interrupted_composition_leaves_nothing(delta_images: Path, tmp_path: Pa
     )
     with open(fifo, "wb") as writer:  # returns once the composition opened the include: it is mid-way
         assert (state(tmp_path) / "compose" / "dintr.work").is_dir()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
         writer.close()
     assert proc.returncode == 130, err

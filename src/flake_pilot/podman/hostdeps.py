@@ -3,7 +3,7 @@
 Trust model (unlike the original, which ran ``/systemfiles`` as root on the host):
 * the lists are DATA: each line names a host path; nothing an image ships runs on the host;
 * ``/systemfiles`` runs inside a throw-away container of the image that ships it
-  (``--network=none``, no host mounts); its stdout is read as such a list;
+  (``--network=none``, no capabilities, no host mounts); its stdout is read as such a list;
 * a listed path must be absolute without '..'; only regular files, directories and symlinks
   (copied as links, never followed) that are world-readable are copied, so an image cannot pull
   private host files (``/etc/shadow``, keys) into its container;
@@ -41,8 +41,8 @@ def parse_list(text: str, where: str) -> list[str]:
 
 def run_generator(podman: list[str], env: dict[str, str], image_id: str, where: str) -> str:
     """Run the image's ``/systemfiles`` inside a container of that image; return its stdout."""
-    argv = [*podman, "run", "--rm", "--pull=never", "--network=none", "--entrypoint", "/bin/sh",
-            image_id, "/systemfiles"]
+    argv = [*podman, "run", "--rm", "--pull=never", "--network=none", "--cap-drop=all",
+            "--security-opt=no-new-privileges", "--entrypoint", "/bin/sh", image_id, "/systemfiles"]
     try:
         proc = runner.run(argv, env=env, timeout=120)
     except EngineError as exc:

@@ -226,3 +226,19 @@ def test_overlay_failure_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="include.path"):
         overlay.create(str(img), 8 * 1024 * 1024, Include(path=("/does/not/exist",)), "/f.yaml")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_find_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flake_pilot.errors import EngineError
+    from flake_pilot.firecracker.pilot import find_binary
+
+    exe = tmp_path / "firecracker"
+    exe.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PATH", f"/nonexistent:{tmp_path}")
+    with pytest.raises(EngineError, match="not found in PATH"):
+        find_binary("firecracker")  # not executable yet
+    exe.chmod(0o755)
+    assert find_binary("firecracker") == str(exe)
+    assert find_binary(str(exe)) == str(exe)
+    with pytest.raises(EngineError, match="generic.firecracker_binary"):
+        find_binary(str(tmp_path / "missing"))

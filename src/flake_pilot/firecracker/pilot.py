@@ -135,9 +135,8 @@ def spawn(paths: InstancePaths, doc: dict[str, object], *, serial: bool, keep: b
     import json
 
     from .. import statedir
-    from ..runner import which
 
-    fc = which(binary)
+    fc = find_binary(binary)
     data = json.dumps(doc).encode()
     debug.log(f"vm definition: {data.decode()}")
     r, w = os.pipe()
@@ -160,6 +159,18 @@ def spawn(paths: InstancePaths, doc: dict[str, object], *, serial: bool, keep: b
     statedir.write_file(paths.vmid, str(pid))
     debug.log(f"started firecracker pid {pid} for {paths.meta}")
     return pid
+
+
+def find_binary(binary: str) -> str:
+    """*binary* if it is a path, else the first executable on PATH (runner.which without importing
+    subprocess/shutil, a few ms of start-up)."""
+    candidates = [binary] if "/" in binary else [
+        os.path.join(d or ".", binary) for d in os.environ.get("PATH", os.defpath).split(os.pathsep)]
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    where = "" if "/" in binary else f" in PATH ({os.environ.get('PATH', '')})"
+    raise EngineError(f"{binary}: not found{where}; install Firecracker or set generic.firecracker_binary")
 
 
 def reap(pid: int) -> int:

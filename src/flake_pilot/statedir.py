@@ -99,7 +99,12 @@ class locked:  # noqa: N801 - used like a function; a class avoids importing con
         self.path, self.shared, self.fd = path, shared, -1
 
     def __enter__(self) -> int:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SecurityError(f"{self.path}: is a symbolic link, refusing to use it") from exc
+            raise
         try:
             fcntl.flock(self.fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
         except BaseException:

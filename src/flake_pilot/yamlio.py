@@ -21,7 +21,11 @@ def load_file(path: str) -> Any:
     if len(data) > 1024 * 1024:
         raise ConfigError(f"{path}: file too large ({len(data)} bytes, at most 1 MiB)")
     try:
-        return yaml.load(data, Loader=loader)  # noqa: S506 - safe loader chosen above
+        doc = yaml.load(data, Loader=loader)  # noqa: S506 - safe loader chosen above
+        if expanded_size(doc) > MAX_NODES:
+            raise ConfigError(f"{path}: too many values once aliases are expanded (more than {MAX_NODES}; "
+                              "alias bomb?)")
+        return doc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -30,6 +34,29 @@ def load_file(path: str) -> Any:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     except RecursionError as exc:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from exc
+
+
+MAX_NODES = 100_000  # values of a document with every alias expanded (billion laughs)
+
+
+def expanded_size(doc: Any) -> int:
+    """Number of values in *doc* counting every alias expansion, in time linear in the document
+    (each shared mapping/list is measured once). RecursionError when nested too deeply."""
+    memo: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if isinstance(node, dict):
+            items: list[Any] = [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            items = node
+        else:
+            return 1
+        key = id(node)
+        if key not in memo:
+            memo[key] = 1 + sum(size(item) for item in items)
+        return memo[key]
+
+    return size(doc)
 
 
 def dump(data: Any) -> str:

@@ -251,6 +251,7 @@ def _remove(prefix: list[str], env: dict[str, str], cid: str, paths: Paths) -> N
 
 def main() -> int:
     app = os.path.basename(sys.argv[0])
+    who = app if app.isprintable() else ascii(app)  # a symlink name with a newline: still one line
     try:
         return launch(app, sys.argv[1:])
     except FlakeError as exc:
@@ -259,15 +260,15 @@ def main() -> int:
 
             traceback.print_exc()
         message = str(exc).replace("\n", " ")
-        sys.stderr.write(f"{app}: {message}\n")
+        sys.stderr.write(f"{who}: {message}\n")
         return LAUNCHER_EXIT
     except KeyboardInterrupt:
-        sys.stderr.write(f"{app}: interrupted\n")
+        sys.stderr.write(f"{who}: interrupted\n")
         return 130
     except Exception as exc:  # a bug: still one line, the traceback with PILOT_DEBUG=1
         if debug.enabled():
             raise
-        sys.stderr.write(f"{app}: internal error: {type(exc).__name__}: {exc} (PILOT_DEBUG=1 shows more)\n")
+        sys.stderr.write(f"{who}: internal error: {type(exc).__name__}: {exc} (PILOT_DEBUG=1 shows more)\n")
         return LAUNCHER_EXIT
 
 

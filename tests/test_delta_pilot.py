@@ -103,3 +103,34 @@ def test_ignore_sync_error_through_the_pilot(tmp_path: Path, system_storage: Pat
     done = scope.run("dsync", "%ignore_sync_error", f"{HOSTDIR}/host-a.txt")
     assert (done.returncode, done.stdout) == (0, "host-a.txt from the host\n"), done.stderr
     podman("rmi", "-f", image, storage=scope.storage, check=False)
+
+
+def test_registered_with_flake_ctl_like_the_issue_says(tmp_path: Path, system_storage: Path, prefix) -> None:  # type: ignore[no-untyped-def]
+    build_images(system_storage, tmp_path / "build")
+    extra = tmp_path / "joerc"
+    extra.write_text("joe settings\n")
+    app = prefix.bin_dir / "djoe"
+    done = prefix.ctl(
+        "podman",
+        "register",
+        "--app",
+        str(app),
+        "--container",
+        APP,
+        "--base",
+        BASE,
+        "--layer",
+        L1,
+        "--layer",
+        L2,
+        "--target",
+        "/bin/cat",
+        "--include-path",
+        str(extra),
+    )
+    assert done.returncode == 0, done.stderr
+    run = prefix.app("djoe", str(extra), "/opt/order.txt", "/opt/l1.txt")
+    assert (run.returncode, run.stdout) == (0, "joe settings\nlayer2\nl1\n"), run.stderr
+    from flake_pilot.podman import compose
+
+    assert compose.free_entries(app="djoe", env={"CONTAINERS_STORAGE_CONF": str(system_storage)})

@@ -53,6 +53,10 @@ def scope(request: pytest.FixtureRequest, tmp_path: Path, system_storage: Path) 
         s = root_scope(tmp_path, system_storage)
         yield s
         s.cleanup()
+        from flake_pilot.podman import compose
+
+        for app in ("dhello", "dshow"):  # composed entries in the shared test store
+            compose.free_entries(app=app, env={"CONTAINERS_STORAGE_CONF": str(system_storage)})
     else:
         s = user_scope(*request.getfixturevalue("delta_user_store"))
         yield s

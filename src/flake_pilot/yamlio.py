@@ -31,7 +31,7 @@ def load_file(path: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError(f"{path}: invalid YAML at {where}: {exc.problem}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc  # one line
     except RecursionError as exc:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from exc
 

@@ -99,6 +99,36 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _grouped(
+    rows: list[dict[str, object]],
+) -> tuple[list[dict[str, object]], dict[str, list[dict[str, object]]]]:
+    """Rows with a ``group`` (e.g. the hostile-input corpus) become one summary row each."""
+    plain = [r for r in rows if not r.get("group")]
+    groups: dict[str, list[dict[str, object]]] = {}
+    for r in rows:
+        if r.get("group"):
+            groups.setdefault(str(r["group"]), []).append(r)
+    for name, members in groups.items():
+        failed = [m for m in members if m.get("result") == "FAIL"]
+        ok = sum(m.get("result") == "pass" for m in members)
+        detail = f"{ok}/{len(members)} held"
+        if failed:
+            detail += "; failed: " + "; ".join(f"{m['case']}: {m.get('detail', '')}" for m in failed[:3])
+        plain.append(
+            {
+                "part": members[0]["part"],
+                "case": name,
+                "count": sum(int(str(m.get("count", 1))) for m in members),
+                "concurrency": 1,
+                "result": "FAIL" if failed else "pass",
+                "detail": detail,
+                "seconds": round(sum(float(str(m.get("seconds", 0))) for m in members), 2),
+                "date": max(str(m.get("date", "")) for m in members),
+            }
+        )
+    return sorted(plain, key=lambda r: (str(r.get("part")), str(r.get("case")))), groups
+
+
 def render(rows: list[dict[str, object]]) -> str:
     lines = [
         "# Reliability and security figures",
@@ -114,6 +144,7 @@ def render(rows: list[dict[str, object]]) -> str:
         "is in [security.md](security.md).",
         "",
     ]
+    rows, groups = _grouped(rows)
     total = {"pass": 0, "FAIL": 0, "skipped": 0}
     for part, title in PARTS.items():
         mine = [r for r in rows if str(r.get("part")) == part]
@@ -132,6 +163,12 @@ def render(rows: list[dict[str, object]]) -> str:
                 f"| {_cell(r.get('case'))} | {r.get('count')} | {r.get('concurrency')} | {result} | "
                 f"{r.get('seconds')} | {_cell(r.get('detail', ''))} | {r.get('date', '')} |"
             )
+        lines.append("")
+    for name, members in groups.items():
+        lines += [f"### {name}: every input", ""]
+        lines += [
+            f"- {m.get('result')}: {_cell(m.get('case'))} -> `{_cell(m.get('detail', ''))}`" for m in members
+        ]
         lines.append("")
     summary = ", ".join(f"{v} {k}" for k, v in total.items() if v)
     lines.insert(12, f"Summary: {len(rows)} cases: {summary}.")

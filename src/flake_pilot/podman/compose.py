@@ -273,7 +273,7 @@ def _compose_locked(
         known = old.get("images_json") if old and old.get("store_sig") == store_sig else None
         images_json = known if isinstance(known, str) else engine.images_json()  # podman info: ~0.3 s
         images_stamp = _stamp(images_json)  # before resolving: a later change is noticed
-        result = compose_build.compose(flake, engine, workdir, ignore)
+        result = compose_build.compose(flake, engine, workdir, ignore, images_json)
         sig = compose_store.signature(_watched(inputs, str(runtime[2]), list(result.hostdeps)))
         side = {"inputs_cfg": inputs, "runtime": runtime, "config_sig": config_sig, "store_sig": store_sig,
                 "images_json": images_json, "images_stamp": images_stamp, "tag": result.tag,

@@ -22,7 +22,8 @@ from typing import Any
 from .. import debug, runner
 from ..errors import EngineError, NotFoundError
 from ..flakeconf import PodmanFlake
-from . import compose_tar, hostdeps
+from . import compose_store, compose_tar, hostdeps
+from .compose_store import StoreIndex
 
 FORMAT = 1
 PREFIX = "localhost/flake-composed/"
@@ -79,11 +80,13 @@ def input_refs(flake: PodmanFlake) -> list[tuple[str, str]]:
     return unique
 
 
-def resolve(engine: Engine, flake: PodmanFlake) -> list[tuple[str, str, str]]:
+def resolve(
+    engine: Engine, flake: PodmanFlake, index: StoreIndex | None = None
+) -> list[tuple[str, str, str]]:
     """(role, reference, image id) of every input; missing images are pulled first."""
     result = []
     for role, ref in input_refs(flake):
-        iid = engine.image_id(ref)
+        iid = (index.resolve(ref) if index is not None else None) or engine.image_id(ref)
         if iid is None:
             if ref.startswith("localhost/"):
                 raise NotFoundError(f"{flake.config_file}: {role}: image {ref} is not in the image store "
@@ -152,8 +155,12 @@ def _fail(what: str) -> Any:
     raise EngineError(f"{what}: unexpected content in the archive written by podman save")
 
 
-def compose(flake: PodmanFlake, engine: Engine, workdir: str, ignore_sync_error: bool = False) -> Result:
-    inputs = resolve(engine, flake)
+def compose(
+    flake: PodmanFlake, engine: Engine, workdir: str, ignore_sync_error: bool = False, images_json: str = ""
+) -> Result:
+    """Compose *flake*; *images_json* (podman's image list) saves engine calls where it resolves."""
+    index = compose_store.load(images_json) if images_json else None
+    inputs = resolve(engine, flake, index)
     extras = _include_layers(flake, workdir)
     ids = list(dict.fromkeys(iid for _, _, iid in inputs))
     saved = os.path.join(workdir, "inputs.tar")
@@ -172,7 +179,7 @@ def compose(flake: PodmanFlake, engine: Engine, workdir: str, ignore_sync_error:
         key_src = json.dumps([FORMAT, flake.app, ids, [diff for _, diff in extras]])
         key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
         tag = f"{PREFIX}{repo_name(flake.app)}:{key}"
-        existing = engine.image_id(tag)
+        existing = (index.resolve(tag) if index is not None else None) or engine.image_id(tag)
         created = existing is None
         if existing is None:
             out = os.path.join(workdir, "composed.tar")

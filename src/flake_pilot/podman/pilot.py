@@ -253,7 +253,7 @@ def main() -> int:
     app = os.path.basename(sys.argv[0])
     who = app if app.isprintable() else ascii(app)  # a symlink name with a newline: still one line
     try:
-        return launch(app, sys.argv[1:])
+        code = launch(app, sys.argv[1:])
     except FlakeError as exc:
         if debug.enabled():
             import traceback
@@ -270,6 +270,11 @@ def main() -> int:
             raise
         sys.stderr.write(f"{who}: internal error: {type(exc).__name__}: {exc} (PILOT_DEBUG=1 shows more)\n")
         return LAUNCHER_EXIT
+    # main() is the process entry point (console script; in-process callers use launch()): the
+    # app's status is known and nothing is buffered, so skip the interpreter's teardown (ms)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,20 @@ def alive(paths: Paths) -> str | None:
     return cid if cid and runs(conmon_pid(paths), cid) else None
 
 
+def tighten(paths: Paths) -> None:
+    """podman writes the cid file and conmon the pid file 0644; make them 0600 (never following a
+    symlink). They already sit in a 0700 directory: this keeps them private if it is ever copied."""
+    for path in (paths.cid, paths.pid):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
+
 def clear(paths: Paths) -> None:
     statedir.remove_file(paths.cid)
     statedir.remove_file(paths.pid)

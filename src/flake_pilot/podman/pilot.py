@@ -175,6 +175,7 @@ def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list
     old = instance.read_cid(paths.cid)
     if old:
         if runner.run([*prefix, "start", old], env=env, check=False).returncode == 0:
+            instance.tighten(paths)
             return old
         runner.run([*prefix, "rm", "-f", "-t", "0", old], env=env, check=False)
     instance.clear(paths)
@@ -187,6 +188,7 @@ def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list
         instance.clear(paths)
         raise EngineError(f"{image}: cannot start the resume instance: {runner.first_line(done.stderr)}",
                           done.returncode)
+    instance.tighten(paths)
     return cid
 
 
@@ -219,6 +221,7 @@ def _attach(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str],
             cmd = [*prefix, "start", "--attach", "-i", cid]
     debug.timing()
     code = proc.supervise(cmd, env, proc.by_conmon(paths.pid, paths.cid))
+    instance.tighten(paths)  # the kept container's files
     if "remove" in caller.options:
         _remove(prefix, env, cid, paths)
     return code

@@ -83,6 +83,7 @@ def _private(directory: str, create: bool) -> bool:
         if not create:
             return False
         try:
+            os.makedirs(os.path.dirname(directory), 0o700, exist_ok=True)  # flake-pilot/ private too
             os.makedirs(directory, 0o700, exist_ok=True)
             st = os.lstat(directory)
         except OSError:

@@ -243,6 +243,7 @@ def test_serial_console_terminal_restored(vm_prefix: VmPrefix, guest: str) -> No
     """Firecracker makes the console terminal raw (so Ctrl-C goes to the guest as a byte) and
     leaves it raw when it is killed: the launcher restores the caller's terminal mode."""
     import pty
+    import select
     import termios
 
     vm_prefix.register("tty", guest=guest)
@@ -250,13 +251,20 @@ def test_serial_console_terminal_restored(vm_prefix: VmPrefix, guest: str) -> No
     try:
         launcher = subprocess.Popen([str(vm_prefix.prefix.bin_dir / "tty")], env=vm_prefix.prefix.env,
                                     stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+        seen = bytearray()
+
+        def greeted() -> bool:
+            if select.select([master], [], [], 0.05)[0]:
+                seen.extend(os.read(master, 65536))
+            return b"HELLO-FROM-TINY-GUEST" in seen
+
+        wait_for(greeted, what="the guest's greeting on the terminal")
         if guest == "hang":
-            wait_for(lambda: not termios.tcgetattr(slave)[3] & termios.ICANON, what="raw console")
+            assert not termios.tcgetattr(slave)[3] & termios.ICANON  # raw while the VM runs
             launcher.send_signal(signal.SIGTERM)
         launcher.communicate(timeout=30)
         assert launcher.returncode == (0 if guest == "reset" else 128 + signal.SIGTERM)
         assert termios.tcgetattr(slave)[3] & termios.ICANON  # canonical mode is back
-        assert b"HELLO-FROM-TINY-GUEST" in os.read(master, 65536)
     finally:
         os.close(master)
         os.close(slave)

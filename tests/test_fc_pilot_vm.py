@@ -268,3 +268,18 @@ def test_serial_console_terminal_restored(vm_prefix: VmPrefix, guest: str) -> No
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_debug_keeps_guest_console_in_the_log(vm_prefix: VmPrefix) -> None:
+    """vsock mode: the console is off the caller's output; with PILOT_DEBUG it goes to the log."""
+    vm_prefix.register("dbg", guest="hang", force_vsock=True)
+    launcher = vm_prefix.popen("dbg", env={"PILOT_DEBUG": "1", "PILOT_BOOT_TIMEOUT": "30"})
+    try:
+        log = vm_prefix.state / "dbg.fc.log"
+        wait_for(lambda: log.exists() and b"HELLO-FROM-TINY-GUEST" in log.read_bytes(),
+                 what="console in the log")
+        assert "PILOT_DEBUG=1" in log.read_text(errors="replace")  # the command line the guest printed
+    finally:
+        launcher.kill()
+        out, _ = launcher.communicate()
+    assert "HELLO" not in out

@@ -88,6 +88,7 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
     *keep*: a resume VM in its own session (outlives the caller's terminal); otherwise the VM
     gets PR_SET_PDEATHSIG, so it dies with the launcher, even when that is SIGKILLed.
     """
+    debug_console = debug.enabled()
     prctl = None
     if not keep:
         import ctypes
@@ -109,7 +110,7 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
             if not console:
                 null = os.open(os.devnull, os.O_RDWR)
                 os.dup2(null, 0)
-                os.dup2(null, 1)
+                os.dup2(log_fd if debug_console else null, 1)  # PILOT_DEBUG: guest console in the log
             os.dup2(log_fd, 2)
             os.set_inheritable(config_fd, True)
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores it; exec would keep that

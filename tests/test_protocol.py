@@ -82,8 +82,10 @@ def test_exit_frames_carry_code_or_signal() -> None:
 class Guest:
     """sci's session code serving one end of a socket pair in a thread."""
 
-    def __init__(self, env: dict[str, str] | None = None, handshake_timeout: float = 5) -> None:
+    def __init__(self, env: dict[str, str] | None = None, handshake_timeout: float = 5,
+                 resync: bool = False) -> None:
         self.handshake_timeout = handshake_timeout
+        self.resync = resync
         self.host, self.guest = socket.socketpair()
         self.result: list[str] = []
         self.thread = threading.Thread(target=self._serve, args=(env or ENV,), daemon=True)
@@ -93,7 +95,7 @@ class Guest:
         try:
             fd = self.guest.fileno()
             self.result.append(session.serve(fd, fd, reaper.ThreadWaiter(), env,
-                                             handshake_timeout=self.handshake_timeout))
+                                             handshake_timeout=self.handshake_timeout, resync=self.resync))
         finally:
             self.guest.close()
 
@@ -227,9 +229,30 @@ def _raw_exchange(guest: Guest, data: bytes) -> list[tuple[int, bytes]]:
 def test_guest_refuses_bad_peers_with_an_error_frame(data: bytes, reason: bytes) -> None:
     guest = Guest()
     frames = _raw_exchange(guest, data)
-    assert frames[0][0] == p.HELLO
-    assert frames[-1][0] == p.ERROR and reason in frames[-1][1]
+    assert [t for t, _ in frames] in ([p.ERROR], [p.HELLO, p.ERROR])  # hello only to a valid hello
+    assert reason in frames[-1][1]
     assert guest.outcome().startswith("refused")
+
+
+def test_resync_skips_leftovers_of_an_earlier_session() -> None:
+    """virtio-serial has no connection boundaries: a new host's hello follows whatever the last
+    one left unread (here half a frame); the guest skips to it. Strict mode refuses the same."""
+    leftover = p.frame(p.STDIN, b"old input")[:7] + p.frame(p.NOP)
+    session_bytes = p.hello() + p.encode_request(p.Request(["/bin/echo", "new"])) + p.frame(p.STDIN_EOF)
+    guest = Guest(resync=True)
+    frames = _raw_exchange(guest, leftover + session_bytes)
+    assert [t for t, _ in frames] == [p.HELLO, p.STARTED, p.STDOUT, p.EXIT]
+    assert frames[2][1] == b"new\n" and p.decode_exit(frames[3][1]) == 0
+    strict = Guest()
+    assert _raw_exchange(strict, leftover + session_bytes)[-1][0] == p.ERROR
+
+
+def test_host_ignores_nop_frames() -> None:
+    host, guest = socket.socketpair()
+    guest.sendall(p.frame(p.NOP) + p.hello() + p.frame(p.NOP) + p.frame(p.EXIT, b"\x00\x05"))
+    assert p.run_session(host, p.Request(["/bin/true"]), None, 1, 2, handshake_timeout=5) == 5
+    host.close()
+    guest.close()
 
 
 def test_guest_kills_the_program_when_the_host_goes_away() -> None:

@@ -100,8 +100,8 @@ def _listener(tmp_path: Path, resume: bool) -> tuple[str, threading.Thread]:
     srv.listen(8)
     waiter = reaper.ThreadWaiter()
 
-    def serve(rfd: int, wfd: int) -> str:
-        return session.serve(rfd, wfd, waiter, {"PATH": "/usr/bin:/bin"}, handshake_timeout=5)
+    def serve(rfd: int, wfd: int, resync: bool) -> str:
+        return session.serve(rfd, wfd, waiter, {"PATH": "/usr/bin:/bin"}, handshake_timeout=5, resync=resync)
 
     t = threading.Thread(target=transport.serve_listener, args=(srv, serve, resume), daemon=True)
     t.start()

@@ -40,8 +40,10 @@ STDOUT = 0x11
 STDERR = 0x12
 EXIT = 0x13  # u8 kind (0 exited, 1 killed by signal), u8 value
 ERROR = 0x1F  # both directions: UTF-8 reason; the session ends
+NOP = 0x1E  # both directions, ignored (sci writes one to wait for a virtio-serial host)
 
-TYPES = frozenset({HELLO, REQUEST, STDIN, STDIN_EOF, SIGNAL, WINSIZE, STARTED, STDOUT, STDERR, EXIT, ERROR})
+TYPES = frozenset({HELLO, REQUEST, STDIN, STDIN_EOF, SIGNAL, WINSIZE, STARTED, STDOUT, STDERR, EXIT, ERROR,
+                   NOP})
 _HEADER = struct.Struct("!BI")
 # request fields: tag byte + u32 length + value
 _TAG_ARG, _TAG_ENV, _TAG_CWD, _TAG_TTY, _TAG_WINSIZE = b"a", b"e", b"c", b"t", b"w"
@@ -372,6 +374,8 @@ def run_session(sock: socket.socket, request: Request, stdin_fd: int | None, std
                     if not data:
                         raise ProtocolError("the guest closed the session without an exit status")
                     for ftype, payload in dec.feed(data):
+                        if ftype == NOP:
+                            continue
                         if ftype == HELLO:
                             check_hello(payload)
                             peer_ok = True

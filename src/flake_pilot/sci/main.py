@@ -67,8 +67,8 @@ def _init(pid1: bool, state: _State) -> None:
         from . import session, transport
         env, winsize = settings.base_env(), (settings.rows, settings.cols)
 
-        def serve(rfd: int, wfd: int) -> str:
-            return session.serve(rfd, wfd, waiter, env, winsize)
+        def serve(rfd: int, wfd: int, resync: bool) -> str:
+            return session.serve(rfd, wfd, waiter, env, winsize, resync=resync)
 
         if settings.transport == "vsock":
             transport.serve_vsock(settings.vsock_port, serve, settings.resume)

@@ -93,20 +93,21 @@ def _spawn_error(req: p.Request, exc: OSError) -> tuple[bytes, int]:
     return f"sci: {req.argv[0]}: {exc.strerror}\n".encode(), code
 
 
+HELLO_START = p.hello()[:5 + len(p.MAGIC)]  # header + magic, whatever the version
+
+
 def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
-          winsize: tuple[int, int] = (24, 80), handshake_timeout: float = 30.0) -> str:
+          winsize: tuple[int, int] = (24, 80), handshake_timeout: float = 30.0, resync: bool = False) -> str:
     """Serve one session on (rfd, wfd); returns what happened, for the debug log. Never raises for
-    peer errors: a malformed or refused session gets an ERROR frame and ends."""
-    try:
-        os.set_blocking(wfd, True)
-        p.write_all(wfd, p.hello())  # blocks on virtio-serial until the host side is connected
-    except OSError:
-        return PROBE  # closed before we could even greet
+    peer errors: a malformed or refused session gets an ERROR frame and ends. The guest answers
+    the host's hello. *resync* (virtio-serial, a stream without connection boundaries): bytes
+    before the host's hello are leftovers of an earlier session and are skipped."""
     os.set_blocking(rfd, False)
     os.set_blocking(wfd, False)
     out = bytearray()
     dec = p.FrameDecoder()
     peer_ok = False
+    skipped = bytearray()  # resync: bytes before the hello
     child: Child | None = None
     exit_fd: int | None = None
     status: int | None = None
@@ -123,7 +124,7 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
                 p.write_all(wfd, bytes(out), time.monotonic() + FLUSH_TIMEOUT)
                 return f"pid {child.pid} exit status {p.exit_status(status)}"
             if conn_eof:
-                if not peer_ok and not dec.pending:
+                if not peer_ok and (resync or not dec.pending):
                     return PROBE
                 if child is not None and status is None:
                     child.signal(SIGKILL)
@@ -185,10 +186,21 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
                     if not data:
                         conn_eof = True
                         continue
+                    if resync and not peer_ok and not dec.pending:
+                        skipped += data
+                        at = skipped.find(HELLO_START)
+                        if at < 0:
+                            del skipped[:-len(HELLO_START)]
+                            continue
+                        data = bytes(skipped[at:])
+                        skipped.clear()
                     for ftype, payload in dec.feed(data):
+                        if ftype == p.NOP:
+                            continue
                         if ftype == p.HELLO and not peer_ok:
                             p.check_hello(payload)
                             peer_ok = True
+                            out += p.hello()
                         elif not peer_ok:
                             raise p.ProtocolError("malformed session: expected hello first")
                         elif ftype == p.REQUEST and child is None:
@@ -286,18 +298,8 @@ def _wait_fd(fd: int | None) -> None:
         select.select([fd], [], [])
 
 
-def drain_until_eof(fd: int, timeout: float = 10.0) -> None:
-    """virtio-serial: read and drop until the host closes its side (read returns 0)."""
-    os.set_blocking(fd, False)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not r:
-            return
-        try:
-            if not os.read(fd, p.CHUNK):
-                return
-        except BlockingIOError:
-            continue
-        except OSError:
-            return
+def wait_for_host(fd: int) -> None:
+    """virtio-serial: a write blocks until a host is connected to the port; a NOP frame is ignored
+    by whichever host gets it (the previous one may still be connected)."""
+    os.set_blocking(fd, True)
+    p.write_all(fd, p.frame(p.NOP))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from . import session
 from .system import SciError, log
 
-Serve = Callable[[int, int], str]
+Serve = Callable[[int, int, bool], str]  # (rfd, wfd, resync) -> outcome
 
 
 def serve_vsock(port: int, serve: Serve, resume: bool) -> None:
@@ -37,7 +37,7 @@ def serve_listener(srv: socket.socket, serve: Serve, resume: bool) -> None:
 
     def handle(conn: socket.socket) -> None:
         with conn:
-            outcome = serve(conn.fileno(), conn.fileno())
+            outcome = serve(conn.fileno(), conn.fileno(), False)
         log(f"session: {outcome}")
         if outcome != session.PROBE:
             done.set()
@@ -85,21 +85,26 @@ def serve_virtio_serial(prefix: str, serve: Serve, resume: bool) -> None:
     done = threading.Event()
 
     def port_loop(dev: str) -> None:
+        # The port stays open: closing it would drop what a new host already sent. Sessions are
+        # told apart by the host's hello (serve(resync=True) skips leftovers before it).
+        try:
+            fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            log(f"{dev}: {exc.strerror}")
+            done.set()
+            return
         while not done.is_set():
             try:
-                fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+                session.wait_for_host(fd)
+                outcome = serve(fd, fd, True)
             except OSError as exc:
                 log(f"{dev}: {exc.strerror}")
                 done.set()
                 return
-            try:
-                outcome = serve(fd, fd)
+            if outcome != session.PROBE:
                 log(f"{dev} session: {outcome}")
-                session.drain_until_eof(fd)  # the host disconnects after EXIT
-            finally:
-                os.close(fd)
-            if outcome != session.PROBE and not resume:
-                done.set()
+                if not resume:
+                    done.set()
 
     for dev in ports:
         threading.Thread(target=port_loop, args=(dev,), name=dev, daemon=True).start()

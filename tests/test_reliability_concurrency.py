@@ -205,5 +205,6 @@ def test_register_racing_remove_of_the_same_app_stays_consistent(prefix: Prefix,
             prefix.ctl("podman", "remove", "--force", "--app", str(prefix.bin_dir / "race"))
         rec.detail = (
             f"{rounds}/{rounds} consistent (both present or both absent); orders seen: "
-            f"{outcomes.count('register-first')} register-first, {outcomes.count('remove-first')} remove-first"
+            f"{outcomes.count('register-first')} register-first, "
+            f"{outcomes.count('remove-first')} remove-first"
         )

@@ -32,8 +32,8 @@ sub=""
 for a in "$@"; do case "$a" in -*) ;; *) sub="$a"; break ;; esac; done
 if [ "$sub" = "$FAULT_AT" ]; then
   case "$FAULT_MODE" in
-    before) echo $$ > "$FAULT_DIR/reached.tmp"; mv "$FAULT_DIR/reached.tmp" "$FAULT_DIR/reached"; exec sleep 3600 ;;
-    after) "$REAL_PODMAN" "$@"; echo $$ > "$FAULT_DIR/reached.tmp"; mv "$FAULT_DIR/reached.tmp" "$FAULT_DIR/reached"
+    before) echo $$ > "$FAULT_DIR/r.tmp"; mv "$FAULT_DIR/r.tmp" "$FAULT_DIR/reached"; exec sleep 3600 ;;
+    after) "$REAL_PODMAN" "$@"; echo $$ > "$FAULT_DIR/r.tmp"; mv "$FAULT_DIR/r.tmp" "$FAULT_DIR/reached"
            exec sleep 3600 ;;
     hang) exec sleep 3600 ;;
   esac

@@ -65,5 +65,7 @@ def test_16_oneshot_vms_are_independent(vm_prefix: VmPrefix) -> None:
         assert len(pids) == N  # each call booted its own VM
         assert not any(alive(pid) for pid in pids)
         assert vm_prefix.files() == set()
-        rec.detail = (f"{N} VMs, {N} distinct firecracker processes, {N}/{N} greetings, no files left, "
-                      f"{wall:.1f} s wall")
+        rec.detail = (
+            f"{N} VMs, {N} distinct firecracker processes, {N}/{N} greetings, no files left, "
+            f"{wall:.1f} s wall"
+        )

@@ -241,4 +241,6 @@ def test_find_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert find_binary("firecracker") == str(exe)
     assert find_binary(str(exe)) == str(exe)
     with pytest.raises(EngineError, match="generic.firecracker_binary"):
-        find_binary(str(tmp_path / "missing"))
+        find_binary(str(tmp_path / "missing") + "/firecracker")
+    with pytest.raises(EngineError, match="must be named 'firecracker'"):
+        find_binary("/usr/bin/firecracker-1.12")

@@ -164,7 +164,11 @@ def spawn(paths: InstancePaths, doc: dict[str, object], *, serial: bool, keep: b
 
 def find_binary(binary: str) -> str:
     """*binary* if it is a path, else the first executable on PATH (runner.which without importing
-    subprocess/shutil, a few ms of start-up)."""
+    subprocess/shutil, a few ms of start-up). Its name must be ``firecracker``: that is how a
+    running instance is recognised (/proc/PID/comm), here and by ``flake-ctl firecracker show``."""
+    if os.path.basename(binary) != "firecracker":
+        raise EngineError(f"{binary}: the Firecracker binary must be named 'firecracker' (a symlink of that "
+                          "name will do), instances are recognised by it")
     candidates = [binary] if "/" in binary else [
         os.path.join(d or ".", binary) for d in os.environ.get("PATH", os.defpath).split(os.pathsep)]
     for path in candidates:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 
 from ..errors import SecurityError
+
+TYPE_CHECKING = False  # no typing/collections imports at launch (~8 ms)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 MAX_TREE_ENTRIES = 20000
 

@@ -8,7 +8,10 @@ adds: parsing the registration and the composition key check. Warm launches alte
 (plain, delta) pairs; we report medians, the ratio of the medians and the median of the
 per-pair ratios. Cold launches (composition from scratch) are reported too.
 
-Usage: /var/tmp/flake-pilot/venv/bin/python bench/delta_launch.py [--pairs N] [--cold N]
+With --launcher-only, podman is a stub that returns at once for the app's ``podman run``
+(every other engine call is passed on), so the pairs show the launcher's own cost up to exec.
+
+Usage: /var/tmp/flake-pilot/venv/bin/python bench/delta_launch.py [--pairs N] [--cold N] [--launcher-only]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=21)
     ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--launcher-only", action="store_true", help="stub the app's podman run")
     args = ap.parse_args()
 
     from conftest import storage_conf
@@ -48,8 +52,15 @@ def main() -> int:
     flakes, ids, bindir = root / "flakes", root / "ids", root / "bin"
     for d in (flakes, bindir):
         d.mkdir(parents=True)
+    podman = shutil.which("podman") or "/usr/bin/podman"
+    if args.launcher_only:
+        stub = root / "podman-stub"
+        stub.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = --cidfile ] && exit 0; done\n'
+                        f'exec {podman} "$@"\n')
+        stub.chmod(0o755)
+        podman = str(stub)
     (root / "flakes.yml").write_text(f"generic:\n  flakes_dir: {flakes}\n  podman_ids_dir: {ids}\n"
-                                     f"  podman_storage_conf: {storage}\n")
+                                     f"  podman_storage_conf: {storage}\n  podman_binary: {podman}\n")
     env = {**os.environ, "FLAKES_CONFIG": str(root / "flakes.yml"), "XDG_CACHE_HOME": str(root / "cache")}
     registration(flakes, "delta", base_container=BASE, layers=[L1, L2], target_app_path="/bin/true")
     (bindir / "delta").symlink_to(BIN / "podman-pilot")
@@ -65,7 +76,7 @@ def main() -> int:
     try:
         from flake_pilot.podman import compose
 
-        engine = ([shutil.which("podman") or "podman"], {"CONTAINERS_STORAGE_CONF": str(storage)})
+        engine = ([podman], {"CONTAINERS_STORAGE_CONF": str(storage)})
         cold = []
         for _ in range(args.cold):
             compose.free_entries(app="delta", podman_argv=engine[0], env=engine[1])
@@ -85,7 +96,8 @@ def main() -> int:
             delta.append(got["delta"])
         mp, md = statistics.median(plain), statistics.median(delta)
         pair = statistics.median(d / p for d, p in zip(delta, plain, strict=True))
-        print(f"image: {tag} (base + 2 layers + app, {args.pairs} alternating pairs, "
+        what = "launcher only (podman run stubbed)" if args.launcher_only else "full launch"
+        print(f"{what}; image: {tag} (base + 2 layers + app, {args.pairs} alternating pairs, "
               f"load average {os.getloadavg()[0]:.1f})")
         print(f"plain one-shot launch, median: {mp * 1000:7.1f} ms")
         print(f"delta warm launch, median:     {md * 1000:7.1f} ms")

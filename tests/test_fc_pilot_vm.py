@@ -283,3 +283,17 @@ def test_debug_keeps_guest_console_in_the_log(vm_prefix: VmPrefix) -> None:
         launcher.kill()
         out, _ = launcher.communicate()
     assert "HELLO" not in out
+
+
+def test_serial_start_path_imports_no_heavy_modules(vm_prefix: VmPrefix) -> None:
+    """The launcher runs on every call: its serial one-shot path must not import modules it does
+    not need (a guard on the import list, not a timing test)."""
+    vm_prefix.register("imp")
+    res = vm_prefix.prefix.app("imp", env={"PYTHONPROFILEIMPORTTIME": "1"}, timeout=30)
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("import time:")]
+    modules = {ln.rsplit("|", 1)[1].strip() for ln in lines}
+    assert "yaml" in modules and "flake_pilot.firecracker.vmdef" in modules  # the listing works
+    heavy = {"subprocess", "hashlib", "socket", "tempfile", "shutil", "glob", "logging", "http.client",
+             "argparse", "flake_pilot.protocol", "threading"}
+    assert modules & heavy == set()

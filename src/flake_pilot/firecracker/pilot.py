@@ -201,18 +201,21 @@ def log_reason(paths: InstancePaths) -> str:
 
 def prepare(flake: VmFlake, paths: InstancePaths, uid: int, resume: bool) -> tuple[str | None, str | None]:
     """Overlay and TAP device for a new VM: (overlay path, tap name)."""
-    from .. import statedir
-    from . import overlay, tap, vmdef
+    from . import vmdef
 
     ov = None
     if flake.firecracker.overlay_size:
         from ..sizes import parse_size
+        from . import overlay
 
         ov = paths.overlay(resume)
         if not (resume and overlay.usable(ov)):
             overlay.create(ov, parse_size(flake.firecracker.overlay_size), flake.include, flake.config_file)
     dev = None
     if vmdef.wants_network(flake):
+        from .. import statedir
+        from . import tap
+
         dev = tap.name(paths.meta)
         if tap.ensure(dev, uid):
             statedir.write_file(paths.tap_record, dev)

@@ -46,6 +46,8 @@ def main() -> int:
     if conf.exists():
         os.environ["CONTAINERS_CONF"] = str(conf)
     os.environ.pop("PILOT_DEBUG", None)
+    # an installed program's .pyc files exist; without this a stale one is recompiled per launch
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     root = Path(tempfile.mkdtemp(prefix="bench-delta-", dir=STATE))
     storage = storage_conf(STATE / "bench-storage")
     build_images(storage, root / "build")

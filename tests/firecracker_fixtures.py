@@ -106,6 +106,7 @@ def vm_prefix(tmp_path: Path, kvm: None, firecracker_bin: Path,
     p = make_prefix(tmp_path / "prefix", tmp_path / "no-podman-storage")
     with p.config.open("a") as f:
         f.write(f"  firecracker_binary: {firecracker_bin}\n")
+    p.env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # the launcher's registration cache
     rootfs = tmp_path / "rootfs.img"
     with rootfs.open("wb") as f:
         f.truncate(4 * 1024 * 1024)  # the bare-metal guest never reads it; Firecracker needs a drive

@@ -361,15 +361,22 @@ def run_resume(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, b
 
 
 def launch(app: str, argv: list[str]) -> int:
-    from .. import flakeconf, settings, statedir
-    from ..flakeconf import VmFlake
-    from . import instances
+    from .. import statedir
+    from . import flakecache, instances
 
     call = parse_args(app, argv)
-    flake, user_mode = flakeconf.find(app)
-    if not isinstance(flake, VmFlake):
-        raise UsageError(f"{flake.config_file}: {app} is a {flake.engine} flake, not a Firecracker VM")
-    cfg = settings.load(user_mode)
+    cached = flakecache.load(app)
+    if cached is not None:
+        flake, cfg = cached
+    else:
+        from .. import flakeconf, settings
+        from ..flakeconf import VmFlake
+
+        found, user_mode = flakeconf.find(app)
+        if not isinstance(found, VmFlake):
+            raise UsageError(f"{found.config_file}: {app} is a {found.engine} flake, not a Firecracker VM")
+        flake, cfg = found, settings.load(user_mode)
+        flakecache.store(flake, cfg, user_mode)
     state_dir = statedir.private_dir(cfg.firecracker_ids_dir)
     uid = os.getuid()
     paths = instances.InstancePaths(state_dir, call.meta)

@@ -49,7 +49,8 @@ def _inputs(cfg: settings.Settings, app: str, user_mode: bool) -> list[str]:
 
 def _key(app: str) -> dict[str, Any]:
     return {"version": VERSION, "app": app, "uid": os.getuid(), "env": [os.environ.get(k) for k in _ENV],
-            "fields": sorted(VmFlake.__dataclass_fields__) + sorted(FirecrackerRuntime.__dataclass_fields__)}
+            "fields": [sorted(t.__dataclass_fields__) for t in (VmFlake, FirecrackerRuntime, Include,
+                                                                 settings.Settings)]}
 
 
 def _file(app: str) -> str | None:

@@ -244,3 +244,14 @@ def test_find_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         find_binary(str(tmp_path / "missing") + "/firecracker")
     with pytest.raises(EngineError, match="must be named 'firecracker'"):
         find_binary("/usr/bin/firecracker-1.12")
+
+
+def test_boot_timeout_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flake_pilot.firecracker.pilot import boot_timeout
+
+    monkeypatch.setenv("PILOT_BOOT_TIMEOUT", "2.5")
+    assert boot_timeout() == 2.5
+    for bad in ("x", "0", "-1", "1e9"):
+        monkeypatch.setenv("PILOT_BOOT_TIMEOUT", bad)
+        with pytest.raises(UsageError, match="PILOT_BOOT_TIMEOUT"):
+            boot_timeout()

@@ -297,3 +297,11 @@ def test_serial_start_path_imports_no_heavy_modules(vm_prefix: VmPrefix) -> None
     heavy = {"subprocess", "hashlib", "socket", "tempfile", "shutil", "glob", "logging", "http.client",
              "argparse", "flake_pilot.protocol", "threading"}
     assert modules & heavy == set()
+
+
+def test_socket_path_too_long_is_refused(vm_prefix: VmPrefix) -> None:
+    vm_prefix.register("long")
+    res = vm_prefix.prefix.app("long", "@" + "n" * 63, timeout=30)
+    assert res.returncode == 125
+    assert "longer than a Unix socket path may be" in res.stderr and res.stderr.count("\n") == 1
+    assert vm_prefix.files() == set()

@@ -33,7 +33,19 @@ if TYPE_CHECKING:
     from .instances import InstancePaths
 
 DEFAULT_PORT = 52  # sci's session port in the guest
-BOOT_TIMEOUT = float(os.environ.get("PILOT_BOOT_TIMEOUT", "60"))  # seconds until the guest must answer
+SUN_PATH_MAX = 107  # bytes in a Unix socket path
+
+
+def boot_timeout() -> float:
+    """Seconds the guest has to answer on vsock (``PILOT_BOOT_TIMEOUT``, default 60)."""
+    text = os.environ.get("PILOT_BOOT_TIMEOUT", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise UsageError(f"PILOT_BOOT_TIMEOUT={text!r}: expected seconds from 0 to 3600")
+    return value
 
 
 @dataclass(frozen=True)
@@ -244,7 +256,8 @@ def connect(paths: InstancePaths, pid: int, port: int, progress: bool) -> socket
     from ..protocol import ProtocolError, connect_firecracker_vsock
     from .instances import is_vm
 
-    deadline = time.monotonic() + BOOT_TIMEOUT
+    limit = boot_timeout()
+    deadline = time.monotonic() + limit
     spin = None
     if progress:
         from ..progress import spinner
@@ -261,7 +274,7 @@ def connect(paths: InstancePaths, pid: int, port: int, progress: bool) -> socket
                     raise EngineError(f"VM {paths.meta} ended before its guest answered: {reason}") from exc
                 if time.monotonic() >= deadline:
                     raise EngineError(
-                        f"VM {paths.meta}: no answer from sci on vsock port {port} within {BOOT_TIMEOUT:g} s "
+                        f"VM {paths.meta}: no answer from sci on vsock port {port} within {limit:g} s "
                         f"(socket {paths.sock}; does the image run sci with run=vsock?)"
                     ) from exc
     finally:
@@ -380,6 +393,9 @@ def launch(app: str, argv: list[str]) -> int:
     state_dir = statedir.private_dir(cfg.firecracker_ids_dir)
     uid = os.getuid()
     paths = instances.InstancePaths(state_dir, call.meta)
+    if len(os.fsencode(paths.sock)) + len(f"_{call.port}") > SUN_PATH_MAX:
+        raise UsageError(f"{paths.sock}_{call.port}: longer than a Unix socket path may be; "
+                         "use a shorter @NAME or firecracker_ids_dir")
     reaped = instances.gc(state_dir)
     if reaped:
         debug.log(f"reaped stale instances: {', '.join(reaped)}")

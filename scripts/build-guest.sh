@@ -72,7 +72,8 @@ $B mount --move /dev /newroot/dev; $B mount --move /proc /newroot/proc; $B mount
 exec $B switch_root /newroot $INIT "$@"
 EOF
 )
-if [ ! -s "$G/initrd.cpio.gz" ] || [ "$(cat "$G/initrd.d/init" 2>/dev/null)" != "$INIT_SCRIPT" ]; then
+if [ ! -s "$G/initrd.cpio.gz" ] || [ ! -c "$G/initrd.d/dev/console" ] \
+   || [ "$(cat "$G/initrd.d/init" 2>/dev/null)" != "$INIT_SCRIPT" ]; then
   log "initrd"
   I=$G/initrd.d; rm -rf "$I" "$G/bbx"; mkdir -p "$I"/{bin,dev,proc,sys,newroot,lib/modules}
   dpkg-deb -x "$(fetch busybox-static)" "$G/bbx"; cp "$G/bbx/bin/busybox" "$I/bin/"
@@ -84,6 +85,7 @@ if [ ! -s "$G/initrd.cpio.gz" ] || [ "$(cat "$G/initrd.d/init" 2>/dev/null)" != 
     f=$(ls "$M/$m.ko"* | head -1)
     case $f in *.xz) xz -dc "$f" > "$I/lib/modules/$(basename "$m").ko";; *) cp "$f" "$I/lib/modules/";; esac
   done
+  mknod -m 600 "$I/dev/console" c 5 1  # the kernel opens it as fd 0/1/2 of /init (and so of sci)
   printf '%s\n' "$INIT_SCRIPT" > "$I/init"
   chmod +x "$I/init"
   (cd "$I" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$G/initrd.cpio.gz.tmp")

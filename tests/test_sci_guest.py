@@ -134,6 +134,12 @@ def test_resume_mode_serves_concurrent_sessions(tmp_path: Path, images: GuestIma
         res = vm.run(["/nonexistent/prog"])
         assert res.status == 127 and b"/nonexistent/prog: No such file or directory" in res.stderr
 
+        # the Firecracker transport's listener works in this kernel (no vhost-vsock here to connect)
+        probe = ("import sys; sys.path.insert(0, '/usr/sbin/sci'); from flake_pilot.sci import transport;"
+                 " print(transport.vsock_listener(52).getsockname())")
+        res = vm.run(["/usr/bin/python3", "-c", probe])
+        assert (res.status, res.stdout) == (0, b"(4294967295, 52)\n"), res.stderr
+
         # sci's own start-up as a process in the guest, against a bare interpreter
         res = vm.run(["/usr/bin/python3", "-c", GUEST_BENCH])
         assert res.status == 0, res.stderr
@@ -141,6 +147,19 @@ def test_resume_mode_serves_concurrent_sessions(tmp_path: Path, images: GuestIma
         print(f"\nin the guest (TCG): python3 -c pass {bare_ms:.0f} ms, sci --version {sci_ms:.0f} ms")
         assert vm.proc is not None and vm.proc.poll() is None  # resume: still serving
         assert "sci: error" not in vm.console()
+
+
+def test_serial_mode_runs_run_on_the_console(tmp_path: Path, images: GuestImages) -> None:
+    """Compatibility fallback: the command comes from run= and talks to the console."""
+    run = "run=\"/bin/sh -c 'echo serial:$0:$1; exit 3' zero 'a b'\" PILOT_DEBUG=1"
+    vm = Guest(tmp_path / "vm", images, session_mode=False, append=run).start()
+    try:
+        assert vm.wait_gone(60) == 0
+    finally:
+        vm.kill()
+    console = vm.console().replace("\r", "")
+    assert "serial:zero:a b\n" in console
+    assert "/bin/sh: exit status 3" in console
 
 
 def test_broken_guest_reports_and_powers_off(tmp_path: Path, images: GuestImages) -> None:

@@ -18,7 +18,8 @@ from .system import SciError, log
 Serve = Callable[[int, int, bool], str]  # (rfd, wfd, resync) -> outcome
 
 
-def serve_vsock(port: int, serve: Serve, resume: bool) -> None:
+def vsock_listener(port: int) -> socket.socket:
+    """A listening AF_VSOCK socket on *port* (any CID); SciError with the reason."""
     try:
         srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         srv.bind((socket.VMADDR_CID_ANY, port))
@@ -27,7 +28,11 @@ def serve_vsock(port: int, serve: Serve, resume: bool) -> None:
         reason = getattr(exc, "strerror", None) or exc
         raise SciError(f"cannot listen on vsock port {port}: {reason}") from exc
     log(f"listening on vsock port {port}")
-    serve_listener(srv, serve, resume)
+    return srv
+
+
+def serve_vsock(port: int, serve: Serve, resume: bool) -> None:
+    serve_listener(vsock_listener(port), serve, resume)
 
 
 def serve_listener(srv: socket.socket, serve: Serve, resume: bool) -> None:

@@ -150,11 +150,13 @@ def test_sigkill_during_resume_launch(scope: Scope, tmp_path: Path, step: str, a
         assert again.returncode == 0 and again.stdout.startswith("next\n"), again.stderr
         after = labelled(scope, label)
         assert len(after) == 1, after
-        if created:
-            assert after == created  # the instance the killed launch created is reused, not duplicated
-        assert state_names(scope) == ["app.cid", "app.lock", "app.pid"]
+        fate = "none created"
+        if created:  # reused, or (when it cannot be trusted) replaced; never two of them
+            fate = "reused" if after == created else "replaced (old one removed)"
+        names = set(state_names(scope))  # (app.spec: what the instance was created from, if recorded)
+        assert {"app.cid", "app.lock", "app.pid"} <= names <= {"app.cid", "app.lock", "app.pid", "app.spec"}
         rec.detail = (
-            f"{len(created)} container left by the kill; next call ok, 1 instance, "
+            f"{len(created)} container left by the kill ({fate}); next call ok, 1 instance, "
             "lock free, state = cid+pid+lock"
         )
 

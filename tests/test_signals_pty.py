@@ -164,8 +164,12 @@ def test_sigterm_untrapped_is_143(scope: Scope, mode: str) -> None:
 def test_sigwinch_resizes_the_apps_terminal(scope: Scope, mode: str) -> None:
     with record("3", f"SIGWINCH: window resize reaches the app ({mode})", count=1) as rec:
         app, _ = register(scope, mode)
-        # podman exec sizes its terminal just after the start (a first WINCH): wait for ours
-        script = "trap 'set -- $(stty size); echo size=$1x$2; [ $1 = 33 ] && exit 5' WINCH; " + WAIT
+        # podman sizes the container's terminal just after the start (an early WINCH may come
+        # first): the app keeps waiting until it sees ours
+        script = (
+            "trap 'set -- $(stty size); echo size=$1x$2; [ $1 = 33 ] && exit 5' WINCH; echo rea''dy; "
+            "while :; do sleep 60 & wait $!; done"
+        )
         term = Term(scope, app, "-c", script)
         term.expect(b"ready")
         set_size(term.master, 33, 111)  # the kernel sends SIGWINCH to the launcher

@@ -385,3 +385,18 @@ def test_state_private_dir_owned_by_another_user(root_prefix: Prefix, tmp_path: 
         os.chown(d, 1001, 1001)
 
     state_case(root_prefix, "<ids>/<uid> owned by another user", plant, tmp_path)
+
+
+def test_var_expansion_loop_is_not_followed(tmp_path: Path, system_storage: Path, bb_image: str) -> None:
+    """%A -> "%B" -> "%A" ...: values are inserted literally and never expanded again (one pass)."""
+    from podman_scopes import root_scope
+
+    with record("4", "%VAR expansion loop (A=%B, B=%A): one pass, values literal") as rec:
+        s = root_scope(tmp_path, system_storage)
+        try:
+            s.register("app", opts=["-e X=%A+%B"])
+            done = s.run("app", "-c", 'echo "$X"', env={"A": "%B", "B": "%A"}, timeout=60)
+            assert (done.returncode, done.stdout) == (0, "%B+%A\n"), done.stderr
+            rec.detail = "the app saw X='%B+%A' (no second expansion, no loop)"
+        finally:
+            s.cleanup()

@@ -161,6 +161,24 @@ def test_sigkill_during_resume_launch(scope: Scope, tmp_path: Path, step: str, a
         )
 
 
+def test_sigkill_after_attach_create(scope: Scope, tmp_path: Path) -> None:
+    with record("2", "SIGKILL of the launcher after create (attach flake)", count=1) as rec:
+        inj = Injector(tmp_path)
+        label = f"flake-rel={uuid.uuid4().hex}"
+        scope.register("app", attach=True, opts=[f"--label {label}"])
+        kill_at(scope, inj, "app", "create", "after", "-c", "echo first")
+        created = labelled(scope, label)
+        assert len(created) == 1, created  # created, never started
+        again = scope.run("app", "-c", "echo next")
+        assert again.returncode == 0 and again.stdout in ("next\n", "first\n"), again.stderr
+        after = labelled(scope, label)
+        assert len(after) == 1, after
+        rec.detail = (
+            f"next call ok ({'reused the created container' if after == created else 'replaced it'}), "
+            "1 container"
+        )
+
+
 def test_sigkill_while_the_resume_app_runs(scope: Scope, tmp_path: Path) -> None:
     with record("2", "SIGKILL of the launcher while the app runs (resume flake)", count=1) as rec:
         sync = tmp_path / "sync"

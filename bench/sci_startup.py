@@ -36,9 +36,9 @@ def main() -> None:
                 " flake_pilot.sci.session, flake_pilot.sci.transport, flake_pilot.sci.system")
         cases = {
             "python3 -c pass": [python, "-c", "pass"],
-            "python3 -I -c pass": [python, "-I", "-c", "pass"],
-            "sci --version (zipapp, -I)": [python, "-I", sci, "--version"],
-            "import all of sci (zipapp)": [python, "-I", "-c", full],
+            "python3 -IS -c pass": [python, "-IS", "-c", "pass"],
+            "sci --version (zipapp, -IS)": [sci, "--version"],
+            "import all of sci (zipapp, -IS)": [python, "-IS", "-c", full],
         }
         for name, argv in cases.items():
             print(f"{name:32s} {best(argv, runs):7.1f} ms")

@@ -13,10 +13,13 @@ import json
 import os
 import stat
 import time
-from typing import Any
 
 from .. import flakeconf, settings, statedir
 from ..flakeconf import FirecrackerRuntime, Include, VmFlake
+
+TYPE_CHECKING = False  # importing typing costs ~13 ms of launcher start; annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 _ENV = ("FLAKES_CONFIG", "XDG_CONFIG_HOME", "HOME")

@@ -21,11 +21,11 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
 
 from .. import debug
 from ..errors import LAUNCHER_EXIT, ConflictError, EngineError, FlakeError, UsageError
 
+TYPE_CHECKING = False  # importing typing costs ~13 ms of launcher start
 if TYPE_CHECKING:
     from socket import socket
 
@@ -404,7 +404,7 @@ def launch(app: str, argv: list[str]) -> int:
     return run_oneshot(flake, call, paths, uid, cfg.firecracker_binary)
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
+def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     app = os.path.basename(argv[0]) if argv else "firecracker-pilot"
     for signo in (signal.SIGTERM, signal.SIGHUP):

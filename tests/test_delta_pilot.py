@@ -137,4 +137,10 @@ def test_registered_with_flake_ctl_like_the_issue_says(tmp_path: Path, system_st
     assert (run.returncode, run.stdout) == (0, "joe settings\nlayer2\nl1\n"), run.stderr
     from flake_pilot.podman import compose
 
-    assert compose.free_entries(app="djoe", env={"CONTAINERS_STORAGE_CONF": str(system_storage)})
+    env = {"CONTAINERS_STORAGE_CONF": str(system_storage)}
+    assert [e for e in compose.list_entries(["podman"], env) if e["app"] == "djoe"]
+    removed = prefix.ctl("podman", "remove", "--app", str(app))
+    assert removed.returncode == 0 and "removed composed image localhost/flake-composed/djoe:" in removed.stdout, (
+        removed.stdout + removed.stderr
+    )
+    assert not [e for e in compose.list_entries(["podman"], env) if e["app"] == "djoe"]

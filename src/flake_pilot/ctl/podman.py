@@ -187,8 +187,21 @@ def cmd_remove(args: argparse.Namespace) -> int:
         app = require_abs(args.app, "--app")
         registration.remove(cfg.flakes_dir, app, LAUNCHER, args.force)
         print(f"removed {app}")
+        _free_composed(cfg, app=os.path.basename(app))
         return 0
     return _purge(cfg, _image_arg(args.container, "--container"), args.force)
+
+
+def _free_composed(cfg: Settings, *, app: str | None = None, image: str | None = None) -> None:
+    """Drop cached delta compositions of a removed flake or image (best effort, reported)."""
+    from ..podman import compose
+
+    try:
+        podman, env = podman_engine(cfg)
+        for tag in compose.free_entries(app=app, image=image, podman_argv=podman, env=env):
+            print(f"removed composed image {tag}")
+    except FlakeError as exc:
+        sys.stderr.write(f"flake-ctl: composed images not freed: {exc}\n")
 
 
 def _purge(cfg: Settings, container: str, force: bool) -> int:
@@ -213,6 +226,7 @@ def _purge(cfg: Settings, container: str, force: bool) -> int:
                 continue
             apps.append(flake.host_app_path)
     podman, env = podman_engine(cfg)
+    _free_composed(cfg, image=container)
     exists = run([*podman, "image", "exists", container], env=env, check=False)
     if exists.returncode not in (0, 1):
         raise EngineError(

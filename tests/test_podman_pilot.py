@@ -244,3 +244,20 @@ def test_flake_registered_by_flake_ctl_runs(scope: Scope, bb_image: str) -> None
     assert done.returncode == 0, done.stderr
     ran = scope.run("viactl", "-c", "echo via-ctl; exit 2")
     assert (ran.returncode, ran.stdout) == (2, "via-ctl\n"), ran.stderr
+
+
+def test_changed_registration_replaces_an_idle_resume_instance(scope: Scope) -> None:
+    scope.register("app", resume=True, opts=["-e V=one"])
+    first = hostname(scope, "app")
+    assert scope.run("app", "-c", 'echo "$V"').stdout == "one\n"
+    busy = scope.popen("app", "-c", "echo ready; read line; echo done", stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # an app still running in it
+    assert busy.stdout is not None and busy.stdout.readline() == b"ready\n"
+    scope.register("app", resume=True, opts=["-e V=two"])
+    assert hostname(scope, "app") == first  # kept while an app runs in it
+    busy.communicate(b"go\n", timeout=60)
+    assert busy.returncode == 0
+    done = scope.run("app", "-c", 'echo "$V"; cat /etc/hostname')
+    assert done.returncode == 0 and done.stdout.split("\n")[0] == "two", done.stderr
+    assert done.stdout.split("\n")[1] != first
+    assert scope.podman("container", "exists", first).returncode != 0  # the old one is gone

@@ -20,11 +20,28 @@ GC_MAX = 256  # files looked at per launch
 
 
 class Paths:
-    __slots__ = ("stem", "cid", "pid", "lock")
+    __slots__ = ("stem", "cid", "pid", "lock", "spec")
 
     def __init__(self, directory: str, name: str) -> None:
         self.stem = statedir.check_name(directory, name)
         self.cid, self.pid, self.lock = self.stem + ".cid", self.stem + ".pid", self.stem + ".lock"
+        self.spec = self.stem + ".spec"  # what a kept instance was created from (spec())
+
+
+def spec(image: str, opts: tuple[str, ...] | list[str]) -> str:
+    """Fingerprint of what a resume instance runs: the image and the registration's options
+    (unexpanded, so a changed environment variable does not replace the instance)."""
+    h = 0xCBF29CE484222325  # FNV-1a: no hashlib import at launch
+    for byte in repr((image, tuple(opts))).encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def same_spec(paths: Paths, wanted: str) -> bool:
+    try:
+        return statedir.read_file(paths.spec) == wanted
+    except OSError:
+        return False
 
 
 def name(app: str, instance: str | None, oneshot: bool) -> str:
@@ -61,9 +78,11 @@ def runs(pid: int, cid: str) -> bool:
 
 
 def alive(paths: Paths) -> str | None:
-    """The container ID if the instance's conmon is running, else None."""
+    """The container ID if the instance runs: its conmon is alive and still has the container's
+    init as a child (conmon outlives a stopped container for a moment, to clean up)."""
     cid = read_cid(paths.cid)
-    return cid if cid and runs(conmon_pid(paths), cid) else None
+    pid = conmon_pid(paths)
+    return cid if cid and runs(pid, cid) and container_init(pid) else None
 
 
 def tighten(paths: Paths) -> None:
@@ -83,6 +102,29 @@ def tighten(paths: Paths) -> None:
 def clear(paths: Paths) -> None:
     statedir.remove_file(paths.cid)
     statedir.remove_file(paths.pid)
+    statedir.remove_file(paths.spec)
+
+
+def _ns_depth(pid: int) -> int:
+    """How many PID namespaces deep *pid* is, seen from ours (NSpid has one entry per level)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"NSpid:"):
+                    return len(line.split()) - 1
+    except OSError:
+        pass
+    return 0
+
+
+def container_init(conmon: int) -> int | None:
+    """The container's init among conmon's children: the one in a deeper PID namespace (conmon
+    also forks its exit command, ``podman container cleanup``, in ours)."""
+    depth = _ns_depth(conmon)
+    for child in children(conmon):
+        if _ns_depth(child) > depth:
+            return child
+    return None
 
 
 def children(pid: int) -> list[int]:

@@ -150,13 +150,17 @@ def _resume(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str],
     from . import argv, instance, proc
 
     paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=False))
+    wanted = instance.spec(image, p.opts)
     cid = instance.alive(paths)
-    if cid is None:
+    if cid is None or not instance.same_spec(paths, wanted):
         with debug.phase("instance"), statedir.locked(paths.lock):
             cid = instance.alive(paths)  # another launch may have created it meanwhile
+            if cid is not None and not instance.same_spec(paths, wanted) and not _busy(prefix, env, cid):
+                _remove(prefix, env, cid, paths)  # the registration changed: a fresh instance
+                cid = None
             if cid is None:
                 with _progress(caller, f"starting {p.app}"):
-                    cid = _start_resume(prefix, env, image, opts, paths)
+                    cid = _start_resume(prefix, env, image, opts, paths, wanted)
     session = f"{os.getpid()}-{os.urandom(6).hex()}"
     cmd = argv.exec_argv(prefix, cid, p.target, caller.app_args, tty, session)
     debug.timing()
@@ -166,13 +170,29 @@ def _resume(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str],
     return code
 
 
-def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: Paths) -> str:
-    """Restart a stopped instance (its files are kept), or create a fresh one."""
+def _busy(prefix: list[str], env: dict[str, str], cid: str) -> bool:
+    """True if apps still run in the instance (it is then kept until they are done)."""
     from .. import runner
+
+    done = runner.run([*prefix, "container", "inspect", "--format", "{{len .ExecIDs}}", cid], env=env,
+                      check=False)
+    busy = done.returncode == 0 and done.stdout.strip() not in (b"", b"0")
+    if busy:
+        debug.log(f"registration changed, but {cid[:12]} still runs apps: kept for now")
+    return busy
+
+
+def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: Paths,
+                  wanted: str) -> str:
+    """Restart a stopped instance (its files are kept), or create a fresh one."""
+    from .. import runner, statedir
     from ..errors import EngineError
     from . import argv, instance
 
     old = instance.read_cid(paths.cid)
+    if old and not instance.same_spec(paths, wanted):
+        runner.run([*prefix, "rm", "-f", "-t", "0", old], env=env, check=False)
+        old = ""
     if old:
         if runner.run([*prefix, "start", old], env=env, check=False).returncode == 0:
             instance.tighten(paths)
@@ -189,6 +209,7 @@ def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list
         raise EngineError(f"{image}: cannot start the resume instance: {runner.first_line(done.stderr)}",
                           done.returncode)
     instance.tighten(paths)
+    statedir.write_file(paths.spec, wanted)
     return cid
 
 

@@ -60,7 +60,8 @@ def by_conmon(pidfile: str, cidfile: str) -> Callable[[], list[int]]:
             pid = int(open(pidfile, "rb").read().strip() or 0)  # noqa: SIM115 - tiny read
         except (OSError, ValueError):
             return []
-        return instance.children(pid) if instance.runs(pid, cid) else []
+        init = instance.container_init(pid) if instance.runs(pid, cid) else None
+        return [init] if init else []
 
     return find
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from podman_scopes import LAUNCHER, Scope, prepare_user, remove_user_scope, root_scope, user_scope
+from registry import Registry, local_registry  # noqa: F401 - the fixture
 
 
 @pytest.fixture
@@ -261,3 +262,17 @@ def test_changed_registration_replaces_an_idle_resume_instance(scope: Scope) -> 
     assert done.returncode == 0 and done.stdout.split("\n")[0] == "two", done.stderr
     assert done.stdout.split("\n")[1] != first
     assert scope.podman("container", "exists", first).returncode != 0  # the old one is gone
+
+
+def test_missing_image_is_pulled_at_first_launch(
+    scope: Scope, bb_image: str, local_registry: Registry  # noqa: F811 - the fixture
+) -> None:
+    ref = local_registry.push(bb_image, f"flaketest/pull-{uuid.uuid4().hex[:8]}:latest", scope.storage)
+    assert scope.podman("image", "exists", ref).returncode != 0
+    scope.register("app", image=ref)
+    try:
+        done = scope.run("app", "-c", "echo pulled", env=local_registry.env())
+        assert (done.returncode, done.stdout) == (0, "pulled\n"), done.stderr
+        assert scope.podman("image", "exists", ref).returncode == 0
+    finally:
+        scope.podman("rmi", "-f", ref)

@@ -151,14 +151,14 @@ def test_resume_mode_serves_concurrent_sessions(tmp_path: Path, images: GuestIma
 
 def test_serial_mode_runs_run_on_the_console(tmp_path: Path, images: GuestImages) -> None:
     """Compatibility fallback: the command comes from run= and talks to the console."""
-    run = "run=\"/bin/sh -c 'echo serial:$0:$1; exit 3' zero 'a b'\" PILOT_DEBUG=1"
+    run = "run=\"/bin/sh -c 'echo serial:$0:$1; tty; exit 3' zero 'a b'\" PILOT_DEBUG=1"
     vm = Guest(tmp_path / "vm", images, session_mode=False, append=run).start()
     try:
         assert vm.wait_gone(60) == 0
     finally:
         vm.kill()
     console = vm.console().replace("\r", "")
-    assert "serial:zero:a b\n" in console
+    assert "serial:zero:a b\n/dev/console\n" in console  # the console is its terminal
     assert "/bin/sh: exit status 3" in console
 
 

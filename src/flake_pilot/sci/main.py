@@ -83,11 +83,23 @@ def _serial(settings: Settings, waiter: Reaper | ThreadWaiter) -> None:
     from . import system
     from .spawn import spawn
     argv = settings.command()
-    system.set_console_size(0, settings.rows, settings.cols)
+    # a fresh /dev/console: the inherited fds may point at the initrd's (deleted) node, whose
+    # name programs cannot find (tty(1): "not a tty")
+    con = -1
+    if os.getpid() == 1:
+        try:
+            con = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            pass
+    tty = os.isatty(con if con >= 0 else 0)
+    system.set_console_size(con if con >= 0 else 0, settings.rows, settings.cols)
     try:
-        pid = spawn(argv, settings.base_env(), controlling_tty=os.isatty(0))
+        pid = spawn(argv, settings.base_env(), stdin=con, stdout=con, stderr=con, controlling_tty=tty)
     except OSError as exc:
         raise system.SciError(f"{argv[0]}: {exc.strerror}") from exc
+    finally:
+        if con >= 0:
+            os.close(con)
     fd = waiter.watch(pid)
     os.read(fd, 1)
     os.close(fd)

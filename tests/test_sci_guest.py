@@ -134,6 +134,13 @@ def test_resume_mode_serves_concurrent_sessions(tmp_path: Path, images: GuestIma
         res = vm.run(["/nonexistent/prog"])
         assert res.status == 127 and b"/nonexistent/prog: No such file or directory" in res.stderr
 
+        # PID 1 reaps orphans: the background child outlives its parent and becomes sci's
+        res = vm.run(["/bin/sh", "-c", '/bin/sh -c "sleep 0.3; exit 5" & echo $!'])
+        orphan = int(res.stdout)
+        check = (f"i=0; while [ -e /proc/{orphan} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+                 f"test ! -e /proc/{orphan}")
+        assert vm.run(["/bin/sh", "-c", check]).status == 0, f"zombie {orphan} was not reaped"
+
         # the Firecracker transport's listener works in this kernel (no vhost-vsock here to connect)
         probe = ("import sys; sys.path.insert(0, '/usr/sbin/sci'); from flake_pilot.sci import transport;"
                  " print(transport.vsock_listener(52).getsockname())")

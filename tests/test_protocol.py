@@ -192,6 +192,42 @@ def test_tty_session_has_a_terminal_of_the_asked_size() -> None:
     assert err == b""
 
 
+def test_window_size_change_on_the_host_terminal_reaches_the_program() -> None:
+    import fcntl
+    import termios
+    master, slave = os.openpty()  # the host terminal the launcher runs in
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 10, 20, 0, 0))
+    out_r, out_w = os.pipe()
+    out = bytearray()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def user() -> None:  # sees the first size, resizes the terminal, then types
+        while b"10 20" not in out:
+            out.extend(os.read(out_r, 4096))
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 60, 0, 0))
+        signal.pthread_kill(main, signal.SIGWINCH)  # as the kernel does for the launcher
+        os.write(master, b"go\n")
+        while chunk := os.read(out_r, 4096):
+            out.extend(chunk)
+
+    t = threading.Thread(target=user)
+    t.start()
+    guest = Guest()
+    req = p.Request(["/bin/sh", "-c", "stty size; read x; stty size"], tty=True, rows=10, cols=20)
+    status = p.run_session(guest.host, req, slave, out_w, 2)
+    os.close(out_w)
+    t.join(10)
+    assert status == 0
+    lines = bytes(out).replace(b"\r", b"").splitlines()
+    assert lines == [b"10 20", b"go", b"50 60"]
+    assert termios.tcgetattr(slave)[3] & termios.ECHO  # raw mode was undone
+    for fd in (master, slave, out_r):
+        os.close(fd)
+    guest.host.close()
+    guest.outcome()
+
+
 def test_two_sessions_at_once() -> None:
     results: dict[str, tuple[int, bytes, bytes, str]] = {}
 

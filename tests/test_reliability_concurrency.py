@@ -208,3 +208,27 @@ def test_register_racing_remove_of_the_same_app_stays_consistent(prefix: Prefix,
             f"{outcomes.count('register-first')} register-first, "
             f"{outcomes.count('remove-first')} remove-first"
         )
+
+
+@pytest.fixture
+def uscope(system_storage: Path, bb_image: str) -> Iterator[Scope]:
+    from podman_scopes import prepare_user, remove_user_scope, user_scope
+
+    s = user_scope(*prepare_user(system_storage))
+    yield s
+    remove_user_scope(s)
+
+
+def test_16_first_calls_of_a_rootless_resume_flake_share_one_instance(uscope: Scope) -> None:
+    with record("1", "podman resume, rootless user: simultaneous first calls", count=N, concurrency=N) as rec:
+        label = f"flake-rel={uuid.uuid4().hex}"
+        uscope.register("app", resume=True, opts=[f"--label {label}"])
+        t0 = time.monotonic()
+        results = start_all(uscope, "app", [f"echo call-{i}; cat /etc/hostname" for i in range(N)])
+        wall = time.monotonic() - t0
+        bad = [(i, r) for i, r in enumerate(results) if r[0] != 0 or not r[1].startswith(f"call-{i}\n")]
+        assert not bad, bad[:3]
+        assert len({r[1].split("\n")[1] for r in results}) == 1
+        assert len(labelled(uscope, label)) == 1
+        assert [p.name for p in uscope.cid_files()] == ["app.cid"]
+        rec.detail = f"1 container in the user's rootless podman, {N}/{N} correct outputs, {wall:.1f} s wall"

@@ -23,6 +23,13 @@ def test_kernel_cmdline_quotes_flags_and_end_marker() -> None:
                       "overlay_root": "/dev/vdb"}
 
 
+def test_kernel_cmdline_keeps_inner_quotes_like_the_kernel() -> None:
+    # shlex.join("it's") is 'it'"'"'s': the kernel keeps the inner double quotes
+    params = cmdline.parse_kernel_cmdline('run="/bin/echo \'it\'"\'"\'s\' b" "k=v w" e=')
+    assert params == {"run": "/bin/echo 'it'\"'\"'s' b", "k": "v w", "e": ""}
+    assert cmdline.split_words(params["run"]) == ["/bin/echo", "it's", "b"]
+
+
 @pytest.mark.parametrize("text, words", [
     ("/bin/echo a  b", ["/bin/echo", "a", "b"]),
     ("/usr/bin/prog \\-x 'a b' \"c \\\"d\\\"\" e\\ f ''", ["/usr/bin/prog", "-x", "a b", 'c "d"', "e f", ""]),

@@ -24,29 +24,39 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def parse_kernel_cmdline(text: str) -> dict[str, str]:
-    """Kernel rules: blank-separated params, double quotes group (and are dropped), a param
-    without ``=`` is a flag (value ""), ``--`` ends the kernel's part."""
+    """The kernel's own rules (kernel/params.c next_arg): blank-separated params, a double quote
+    toggles quoting, only a leading quote (of the param or its value) and the matching last quote
+    are dropped; inner quotes stay. A param without ``=`` is a flag (value ""); ``--`` ends the
+    kernel's part."""
     params: dict[str, str] = {}
-    words: list[str] = []
-    cur: list[str] = []
-    quoted = started = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-            started = True
-        elif ch.isspace() and not quoted:
-            if started:
-                words.append("".join(cur))
-            cur, started = [], False
-        else:
-            cur.append(ch)
-            started = True
-    if started:
-        words.append("".join(cur))
-    for word in words:
-        if word == "--":
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
             break
-        key, _, value = word.partition("=")
+        quoted = text[i] == '"'
+        if quoted:
+            i += 1
+        start, in_quote, equals = i, quoted, -1
+        while i < n and (in_quote or not text[i].isspace()):
+            if equals < 0 and text[i] == "=":
+                equals = i
+            if text[i] == '"':
+                in_quote = not in_quote
+            i += 1
+        end = i
+        value_quoted = equals >= 0 and text[equals + 1:equals + 2] == '"'
+        if end > start and text[end - 1] == '"' and (quoted or value_quoted):
+            end -= 1
+        if equals < 0:
+            key, value = text[start:end], ""
+        else:
+            key, value = text[start:equals], text[equals + 1:end]
+            if value.startswith('"'):
+                value = value[1:]
+        if key == "--":
+            break
         params[key] = value
     return params
 

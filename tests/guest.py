@@ -4,9 +4,11 @@ vhost-vsock), talking the session protocol over virtio-serial ports (QEMU charde
 Reusable by other tests::
 
     images = guest_images()                       # scripts/build-guest.sh (cached)
-    with Guest(tmp_path, images, ports=2, overlay=tmp_path / "ovl.ext2", resume=True) as vm:
-        res = vm.run(["/bin/sh", "-c", "echo hi"], stdin=b"")
+    with Guest(tmp_path, images, ports=2, resume=True) as vm:   # killed at the end of the block
+        res = vm.run(["/bin/sh", "-c", "echo hi"], stdin=b"", port=1)
         assert res.status == 0 and res.stdout == b"hi\\n"
+    vm = Guest(tmp_path / "b", images, overlay=tmp_path / "ovl.ext2").start()
+    vm.run(["/bin/true"])
     vm.wait_gone(60)                              # non-resume guests power off by themselves
 """
 

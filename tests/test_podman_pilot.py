@@ -276,3 +276,38 @@ def test_missing_image_is_pulled_at_first_launch(
         assert scope.podman("image", "exists", ref).returncode == 0
     finally:
         scope.podman("rmi", "-f", ref)
+
+
+BACKGROUND_JOB = """
+import os, subprocess, sys
+fd = os.open(sys.argv[1], os.O_RDWR)  # a session leader opening a terminal: its controlling tty
+for n in (0, 1, 2):
+    os.dup2(fd, n)
+job = subprocess.Popen(sys.argv[2:], process_group=0)  # `app &`: not the foreground group
+sys.exit(job.wait())
+"""
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["oneshot", "resume"])
+def test_background_job_does_not_read_the_terminal(scope: Scope, resume: bool) -> None:
+    import select
+    import sys
+
+    scope.register("app", resume=resume)
+    master, slave = os.openpty()
+    shell = subprocess.Popen([sys.executable, "-c", BACKGROUND_JOB, os.ttyname(slave),
+                              *scope.argv("app", "-c", "[ -t 0 ] && echo tty || echo no-tty; cat; echo end")],
+                             env=scope.env, start_new_session=True)
+    out = b""  # our slave fd stays open, so reading the master never fails early with EIO
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and not (shell.poll() is not None and b"end" in out):
+            if select.select([master], [], [], 0.2)[0]:
+                out += os.read(master, 4096)
+        assert shell.wait(timeout=30) == 0, out
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+        os.close(slave)
+        os.close(master)  # hang-up: whatever still reads the terminal ends
+    assert out.replace(b"\r\n", b"\n") == b"no-tty\nend\n"

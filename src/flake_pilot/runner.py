@@ -135,11 +135,13 @@ def _join(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, new_session: bool = False) -> int:
+def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, new_session: bool = False,
+          stdin_null: bool = False) -> int:
     """Start argv as a child sharing our stdio (posix_spawn, no shell); returns its pid.
 
     *new_session*: the child gets its own session, so signals the terminal sends to our
     process group (Ctrl-C, hang-up) reach only us and we decide where they go.
+    *stdin_null*: the child reads /dev/null instead of our stdin.
     """
     import _signal  # the C module: ``signal`` would import enum at launch
 
@@ -150,7 +152,8 @@ def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, new_session
     # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec (down to the container's
     # app), so restore the defaults like subprocess's restore_signals does.
     default = (_signal.SIGPIPE, _signal.SIGXFSZ)
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)] if stdin_null else []
     try:
-        return os.posix_spawn(argv[0], argv, env, setsid=new_session, setsigdef=default)
+        return os.posix_spawn(argv[0], argv, env, setsid=new_session, setsigdef=default, file_actions=actions)
     except OSError as exc:
         raise EngineError(f"{argv[0]}: cannot execute: {exc.strerror}") from exc

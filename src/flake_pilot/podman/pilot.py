@@ -110,7 +110,10 @@ def launch(app: str, args: list[str]) -> int:
             image = cached
     # a terminal only when all three streams are one: with -t podman merges the app's stderr into
     # the terminal, so `app 2>log` would lose the separation
+    from .proc import in_background
+
     tty = "interactive" in caller.options or (os.isatty(0) and os.isatty(1) and os.isatty(2))
+    tty = tty and not in_background()
     if p.resume:
         if p.target == "/":
             raise ConfigError(f"{p.config_file}: key 'container.target_app_path': resume mode needs the "

@@ -66,7 +66,18 @@ def by_conmon(pidfile: str, cidfile: str) -> Callable[[], list[int]]:
     return find
 
 
-def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], list[int]]) -> int:
+def in_background() -> bool:
+    """Our stdin is our controlling terminal and we are a background job (``app &``): a native
+    program reading it would be stopped (SIGTTIN); the engine, in its own session, would steal
+    the shell's keystrokes instead, so it gets /dev/null (and no terminal)."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) != os.getpgrp()
+    except OSError:  # not our controlling terminal
+        return False
+
+
+def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], list[int]],
+              stdin_null: bool | None = None) -> int:
     """Run argv in a new session, forward signals to find()'s processes, return the exit code.
 
     Handlers are installed before the engine starts, so no signal is lost in between. When our
@@ -118,7 +129,8 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
     for signum in (*FORWARD, signal.SIGWINCH):
         signal.signal(signum, forward)
     try:
-        child.append(runner.spawn(argv, env, new_session=True))
+        quiet = in_background() if stdin_null is None else stdin_null
+        child.append(runner.spawn(argv, env, new_session=True, stdin_null=quiet))
     except BaseException:
         _restore()
         raise

@@ -3,12 +3,12 @@ a private flake prefix per test (FLAKES_CONFIG), and helpers to run the installe
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path

@@ -239,7 +239,9 @@ def _podman(app: str, config_file: str, r: _Reader) -> PodmanFlake:
     resume = r.boolean((*c, "runtime", "resume"))
     attach = r.boolean((*c, "runtime", "attach"))
     if resume and attach:
-        raise ConfigError(f"{r.where((*c, 'runtime'))}: keys 'container.runtime.resume' and 'attach' exclude each other")
+        raise ConfigError(
+            f"{r.where((*c, 'runtime'))}: keys 'container.runtime.resume' and 'attach' exclude each other"
+        )
     layers = r.strings((*c, "layers")) or ()
     base = r.string((*c, "base_container"))
     if layers and not base:

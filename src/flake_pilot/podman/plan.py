@@ -57,9 +57,11 @@ def _stamp(path: str) -> Stamp:
 
 
 def _key(app: str) -> tuple[object, ...]:
+    from .. import __version__  # an upgrade may parse differently: never reuse an older plan
+
     env = os.environ
-    return (FORMAT, app, os.getuid(), env.get("FLAKES_CONFIG", ""), env.get("XDG_CONFIG_HOME", ""),
-            env.get("HOME", ""))
+    return (FORMAT, __version__, app, os.getuid(), env.get("FLAKES_CONFIG", ""),
+            env.get("XDG_CONFIG_HOME", ""), env.get("HOME", ""))
 
 
 def _cache_dir() -> str | None:
@@ -72,7 +74,7 @@ def _cache_file(directory: str, key: tuple[object, ...]) -> str:
     h = 0xCBF29CE484222325  # FNV-1a over the key: no hashlib import
     for byte in repr(key).encode():
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return os.path.join(directory, f"{key[1]}-{h:016x}.plan")
+    return os.path.join(directory, f"{key[2]}-{h:016x}.plan")
 
 
 def _private(directory: str, create: bool) -> bool:

@@ -227,3 +227,35 @@ def test_stderr_redirected_from_a_terminal_stays_separate(scope: Scope, mode: st
     os.close(master)
     assert proc.wait(timeout=60) == 0
     assert (err, out.replace(b"\r\n", b"\n")) == (b"to-err\n", b"to-out\n")
+
+
+def test_terminal_resize_reaches_the_app(scope: Scope, mode: str) -> None:
+    """SIGWINCH to the launcher: podman re-reads the terminal size and resizes the container's."""
+    import fcntl
+    import struct
+    import termios
+
+    app = register(scope, mode)
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    script = ("stty size; echo ready; i=0; while [ $i -lt 300 ]; do "  # polls 30 s at most
+              '[ "$(stty size)" = "30 100" ] && { echo resized; exit 0; }; i=$((i+1)); sleep 0.1; done; exit 1')
+    proc = scope.popen(app, "-c", script, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    out = b""
+    deadline = time.monotonic() + 90
+    try:
+        while b"ready" not in out and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                out += os.read(master, 4096)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        proc.send_signal(signal.SIGWINCH)  # no controlling terminal here: the test plays the kernel
+        while b"resized" not in out and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 0.2)[0]:
+                out += os.read(master, 4096)
+        assert proc.wait(timeout=60) == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(slave)
+        os.close(master)
+    assert out.startswith(b"24 80") and b"resized" in out, out

@@ -107,8 +107,11 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
         if not child:
             pending.append(signum)
             return
-        if signum == signal.SIGWINCH:
-            _kill(child[0], signum)
+        if signum == signal.SIGWINCH:  # to the engine's whole group: rootless podman re-execs
+            try:                         # itself into the user namespace as a child process
+                os.killpg(child[0], signum)
+            except OSError:
+                pass
             return
         deadline = time.monotonic() + FIND_DEADLINE_S
         while not reap(False):

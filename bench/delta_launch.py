@@ -11,7 +11,7 @@ per-pair ratios. Cold launches (composition from scratch) are reported too.
 With --launcher-only, podman is a stub that returns at once for the app's ``podman run``
 (every other engine call is passed on), so the pairs show the launcher's own cost up to exec.
 
-Usage: /var/tmp/flake-pilot/venv/bin/python bench/delta_launch.py [--pairs N] [--cold N] [--launcher-only]
+Usage: .venv/bin/python bench/delta_launch.py [--pairs N] [--cold N] [--launcher-only]
 """
 
 from __future__ import annotations

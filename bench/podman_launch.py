@@ -8,7 +8,7 @@
 Pairs alternate (AB, BA, AB, ...) in one run so load drifts hit both sides; prints medians,
 the ratio of medians and the median of per-pair ratios. The flake is called through its
 symlink to the installed console script (the venv's bin), like a user would.
-Run as root from the repository: ``/var/tmp/flake-pilot/venv/bin/python bench/podman_launch.py [-n 21]``
+Run as root from the repository: ``.venv/bin/python bench/podman_launch.py [-n 21]``
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # `make demo`: build a tiny local image, register it as a flake in a private prefix (never
 # /usr/bin or /etc), launch it and show what it does. Usage: scripts/demo.sh VENV
 set -euo pipefail
-VENV=${1:-/var/tmp/flake-pilot/venv}
+VENV=${1:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
 STATE=${FLAKE_STATE:-/var/tmp/flake-pilot}
 DEMO=$STATE/demo
 IMAGE=localhost/flake-demo/hello:latest

@@ -16,7 +16,7 @@ def imported(stderr: str) -> set[str]:
 
 
 def age(*paths: Path) -> None:
-    """Make files look written 10 s ago (the cache skips inputs changed within the last second)."""
+    """Make files look written 10 s ago (the cache distrusts plans stored within a second of a change)."""
     past = time.time() - 10
     for p in paths:
         os.utime(p, (past, past))
@@ -36,8 +36,9 @@ def test_cache_hit_skips_yaml_and_edits_are_seen(vm_prefix: VmPrefix) -> None:
     first, mods = run(vm_prefix, "cached")
     assert "yaml" in mods and "marker=one" in first  # parsed, then stored
     cache = Path(vm_prefix.prefix.env["XDG_CACHE_HOME"]) / "flake-pilot"
-    assert cache.stat().st_mode & 0o777 == 0o700
-    assert (cache / "fc-cached.json").stat().st_mode & 0o777 == 0o600
+    assert cache.stat().st_mode & 0o777 == 0o700 and (cache / "plans").stat().st_mode & 0o777 == 0o700
+    [stored] = (cache / "plans").glob("firecracker-cached-*.plan")  # the launchers' shared cache
+    assert stored.stat().st_mode & 0o777 == 0o600
     second, mods = run(vm_prefix, "cached")
     assert "yaml" not in mods and second == first  # hit: no YAML import, same VM definition
 

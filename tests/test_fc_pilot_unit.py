@@ -30,8 +30,9 @@ def flake(**kw: object) -> VmFlake:
 
 
 def inst(**kw: object) -> vmdef.Instance:
-    base = vmdef.Instance("mybash", "/s/sci_cmd_mybash.sock", None, None, vmdef.guest_mac(0, "mybash"))
-    return replace(base, **kw)
+    base: dict[str, object] = {"meta": "mybash", "vsock_uds": "/s/sci_cmd_mybash.sock", "overlay": None,
+                               "tap": None, "mac": vmdef.guest_mac(0, "mybash")}
+    return vmdef.Instance(**{**base, **kw})  # type: ignore[arg-type]
 
 
 # ---- TAP names ---------------------------------------------------------------------------------

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import re
-
 from .errors import UsageError
 
-# Upstream rule for @NAME (without the leading @): [A-Za-z0-9@=_-], at most 63 chars.
-_INSTANCE = re.compile(r"[A-Za-z0-9=_-][A-Za-z0-9@=_-]{0,62}")
-# App/image names: a file name without path separators, control chars or leading dot.
-_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+@-]{0,127}")
+# Character sets instead of regular expressions: the launchers validate names on every call and
+# ``re`` costs ~10 ms of their start-up.
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+# Upstream rule for @NAME (without the leading @): [A-Za-z0-9@=_-], at most 63 chars, not starting with @.
+_INSTANCE_FIRST = _ALNUM | frozenset("=_-")
+_INSTANCE = _INSTANCE_FIRST | frozenset("@")
+# App/image names: a file name without path separators, control chars or leading dot:
+# [A-Za-z0-9_+-][A-Za-z0-9._+@-]{0,127}
+_NAME_FIRST = _ALNUM | frozenset("_+-")
+_NAME = _NAME_FIRST | frozenset(".@")
 
 
 def instance_name(value: str) -> str:
     """Validate an instance name as given after '@'."""
-    if not _INSTANCE.fullmatch(value):
+    if not (0 < len(value) <= 63 and value[0] in _INSTANCE_FIRST and set(value) <= _INSTANCE):
         raise UsageError(
             f"invalid instance name {value!r}: use 1-63 of A-Z a-z 0-9 = _ - @ (not starting with @)"
         )
@@ -22,7 +26,7 @@ def instance_name(value: str) -> str:
 
 
 def app_name(value: str, what: str = "app name") -> str:
-    if not _NAME.fullmatch(value) or ".." in value:
+    if not (0 < len(value) <= 128 and value[0] in _NAME_FIRST and set(value) <= _NAME) or ".." in value:
         raise UsageError(f"invalid {what} {value!r}: use letters, digits and . _ + - @ (no '/', no '..')")
     return value
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
 import time
 import zlib
-from dataclasses import dataclass
 
 from .. import statedir
 
@@ -33,10 +31,23 @@ def short_hash(text: str) -> str:
     return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
-@dataclass(frozen=True)
 class InstancePaths:
-    state_dir: str
-    meta: str
+    """The paths of instance *meta* in the private *state_dir* (a plain class: no dataclasses at launch)."""
+
+    __slots__ = ("state_dir", "meta")
+
+    def __init__(self, state_dir: str, meta: str) -> None:
+        self.state_dir = state_dir
+        self.meta = meta
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InstancePaths) and (self.state_dir, self.meta) == (other.state_dir, other.meta)
+
+    def __hash__(self) -> int:
+        return hash((self.state_dir, self.meta))
+
+    def __repr__(self) -> str:
+        return f"InstancePaths(state_dir={self.state_dir!r}, meta={self.meta!r})"
 
     def _p(self, name: str) -> str:
         return statedir.check_name(self.state_dir, name)
@@ -175,9 +186,11 @@ def _names(directory: str) -> list[str]:
 
 def kill(pid: int, fc_id: str, grace: float = 1.0) -> None:
     """Stop a VM: SIGTERM, then SIGKILL after *grace* seconds (polled, no fixed sleep)."""
+    import _signal  # the C module: ``signal`` imports enum (ms at launch)
+
     if not is_vm(pid, fc_id):
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((_signal.SIGTERM, grace), (_signal.SIGKILL, 5.0)):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:

@@ -14,11 +14,16 @@ place, so a failure never leaves a half-made overlay behind.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 
 from ..errors import ConfigError, EngineError, SecurityError
-from ..flakeconf import Include
+
+TYPE_CHECKING = False  # annotations only: no dataclasses/typing at launch
+if TYPE_CHECKING:
+    from .. import flakeconf
+    from . import plan
+
+    Include = flakeconf.Include | plan.Include
 
 LAYOUT = ("rootfs", "rootfs_upper", "rootfs_work")
 
@@ -44,6 +49,8 @@ def usable(path: str) -> bool:
 
 
 def _stage(root: str, include: Include, config_file: str) -> None:
+    import shutil  # only when an overlay is built (not on a warm launch)
+
     for name in LAYOUT:
         os.mkdir(os.path.join(root, name), 0o755)
     upper = os.path.join(root, "rootfs_upper")
@@ -90,6 +97,8 @@ def create(path: str, size: int, include: Include, config_file: str) -> None:
         run([_mkfs(), "-F", "-q", "-d", staging, tmp])
         os.replace(tmp, path)
     finally:
+        import shutil
+
         shutil.rmtree(staging, ignore_errors=True)
         try:
             os.unlink(tmp)

@@ -17,10 +17,9 @@ Modes (from the registration):
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: ``signal`` imports enum (~7 ms of start-up)
 import os
-import signal
 import sys
-from dataclasses import dataclass
 
 from .. import debug
 from ..errors import LAUNCHER_EXIT, ConflictError, EngineError, FlakeError, UsageError
@@ -29,8 +28,8 @@ TYPE_CHECKING = False  # importing typing costs ~13 ms of launcher start
 if TYPE_CHECKING:
     from socket import socket
 
-    from ..flakeconf import VmFlake
     from .instances import InstancePaths
+    from .plan import Plan
 
 DEFAULT_PORT = 52  # sci's session port in the guest
 SUN_PATH_MAX = 107  # bytes in a Unix socket path
@@ -48,12 +47,18 @@ def boot_timeout() -> float:
     return value
 
 
-@dataclass(frozen=True)
 class CallArgs:
-    meta: str
-    args: list[str]
-    port: int
-    progress: bool
+    __slots__ = ("meta", "args", "port", "progress")
+
+    def __init__(self, meta: str, args: list[str], port: int, progress: bool) -> None:
+        self.meta, self.args, self.port, self.progress = meta, args, port, progress
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CallArgs) and (self.meta, self.args, self.port, self.progress) == (
+            other.meta, other.args, other.port, other.progress)
+
+    def __repr__(self) -> str:
+        return f"CallArgs({self.meta!r}, {self.args!r}, {self.port!r}, {self.progress!r})"
 
 
 class Interrupted(Exception):
@@ -93,6 +98,27 @@ def _raise_interrupted(signo: int, _frame: object) -> None:
     raise Interrupted(signo)
 
 
+def _prctl() -> object:
+    """A callable ``prctl(option, arg2, ...)`` (libc's), through ``_ctypes`` where it can: the C
+    module loads in <1 ms, the ``ctypes`` package in ~3 ms."""
+    try:
+        import _ctypes
+
+        libc = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]  # None: the process
+        addr = _ctypes.dlsym(libc, "prctl")
+        call = _ctypes.call_function
+
+        def prctl(*args: int) -> int:
+            result: int = call(addr, args)
+            return result
+
+        return prctl
+    except (ImportError, AttributeError, OSError):  # pragma: no cover - another Python
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep: bool) -> int:
     """fork + exec firecracker (cheaper to import than subprocess); the child's PID.
 
@@ -101,11 +127,7 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
     gets PR_SET_PDEATHSIG, so it dies with the launcher, even when that is SIGKILLed.
     """
     debug_console = debug.enabled()
-    prctl = None
-    if not keep:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl = None if keep else _prctl()
     parent = os.getpid()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -114,7 +136,7 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
         try:
             os.close(err_r)
             if prctl is not None:
-                prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+                prctl(1, signal.SIGKILL, 0, 0, 0)  # type: ignore[operator]  # PR_SET_PDEATHSIG
                 if os.getppid() != parent:  # the launcher died before prctl took effect
                     os._exit(1)
             else:
@@ -145,12 +167,11 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
 
 def spawn(paths: InstancePaths, doc: dict[str, object], *, serial: bool, keep: bool, binary: str) -> int:
     """Start firecracker with *doc* through a pipe; record its PID in the instance file."""
-    import json
-
     from .. import statedir
+    from .vmdef import dumps
 
     fc = find_binary(binary)
-    data = json.dumps(doc).encode()
+    data = dumps(doc).encode()
     debug.log(f"vm definition: {data.decode()}")
     r, w = os.pipe()
     try:
@@ -211,7 +232,7 @@ def log_reason(paths: InstancePaths) -> str:
     return lines[-1].split("] ", 1)[-1][:300] if lines else "no log output"
 
 
-def prepare(flake: VmFlake, paths: InstancePaths, uid: int, resume: bool) -> tuple[str | None, str | None]:
+def prepare(flake: Plan, paths: InstancePaths, uid: int, resume: bool) -> tuple[str | None, str | None]:
     """Overlay and TAP device for a new VM: (overlay path, tap name)."""
     from . import vmdef
 
@@ -234,7 +255,7 @@ def prepare(flake: VmFlake, paths: InstancePaths, uid: int, resume: bool) -> tup
     return ov, dev
 
 
-def build(flake: VmFlake, paths: InstancePaths, call: CallArgs, ov: str | None, dev: str | None,
+def build(flake: Plan, paths: InstancePaths, call: CallArgs, ov: str | None, dev: str | None,
           uid: int) -> dict[str, object]:
     from . import vmdef
 
@@ -282,7 +303,7 @@ def connect(paths: InstancePaths, pid: int, port: int, progress: bool) -> socket
             spin.__exit__(None, None, None)
 
 
-def session(flake: VmFlake, call: CallArgs, sock: socket) -> int:
+def session(flake: Plan, call: CallArgs, sock: socket) -> int:
     from ..protocol import Request, run_session, terminal_size
 
     tty = os.isatty(0)
@@ -295,7 +316,7 @@ def session(flake: VmFlake, call: CallArgs, sock: socket) -> int:
         sock.close()
 
 
-def run_oneshot(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
+def run_oneshot(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
     from . import instances
 
     lock_fd = instances.try_lock(paths.lock)
@@ -344,7 +365,7 @@ def _wait_serial(pid: int) -> int:
     return reap(pid)
 
 
-def run_resume(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
+def run_resume(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
     from . import instances
 
     lock_fd = instances.lock(paths.lock)
@@ -375,22 +396,12 @@ def run_resume(flake: VmFlake, call: CallArgs, paths: InstancePaths, uid: int, b
 
 def launch(app: str, argv: list[str]) -> int:
     from .. import statedir
-    from . import flakecache, instances
+    from . import instances, plan
 
     call = parse_args(app, argv)
-    cached = flakecache.load(app)
-    if cached is not None:
-        flake, cfg = cached
-    else:
-        from .. import flakeconf, settings
-        from ..flakeconf import VmFlake
-
-        found, user_mode = flakeconf.find(app)
-        if not isinstance(found, VmFlake):
-            raise UsageError(f"{found.config_file}: {app} is a {found.engine} flake, not a Firecracker VM")
-        flake, cfg = found, settings.load(user_mode)
-        flakecache.store(flake, cfg, user_mode)
-    state_dir = statedir.private_dir(cfg.firecracker_ids_dir)
+    with debug.phase("plan"):
+        flake = plan.load(app)  # warm: the registration cache, no YAML
+    state_dir = statedir.private_dir(flake.ids_dir)
     uid = os.getuid()
     paths = instances.InstancePaths(state_dir, call.meta)
     if len(os.fsencode(paths.sock)) + len(f"_{call.port}") > SUN_PATH_MAX:
@@ -400,11 +411,12 @@ def launch(app: str, argv: list[str]) -> int:
     if reaped:
         debug.log(f"reaped stale instances: {', '.join(reaped)}")
     if flake.resume:
-        return run_resume(flake, call, paths, uid, cfg.firecracker_binary)
-    return run_oneshot(flake, call, paths, uid, cfg.firecracker_binary)
+        return run_resume(flake, call, paths, uid, flake.binary)
+    return run_oneshot(flake, call, paths, uid, flake.binary)
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv_given = argv is not None
     argv = list(sys.argv if argv is None else argv)
     app = os.path.basename(argv[0]) if argv else "firecracker-pilot"
     for signo in (signal.SIGTERM, signal.SIGHUP):
@@ -435,4 +447,10 @@ def main(argv: list[str] | None = None) -> None:
         code = 128 + exc.signo
     except KeyboardInterrupt:
         code = 130
-    sys.exit(code)
+    if argv_given:
+        sys.exit(code)
+    # the console script's entry: the VM is reaped and the instance cleaned up, nothing is left
+    # but the interpreter's teardown (ms), so skip it, as podman-pilot does
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

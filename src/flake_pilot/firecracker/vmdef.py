@@ -1,51 +1,46 @@
-"""The VM definition: a registered VmFlake plus one instance -> Firecracker's config-file JSON.
+"""The VM definition: a registered VM (a VmFlake or the launcher's cached plan) plus one
+instance -> Firecracker's config-file JSON.
 
 Pure functions (no I/O) so the exact document Firecracker gets is unit-testable; the pilot
-passes it through a pipe (``--no-api --config-file /dev/fd/N``), no temporary file.
+passes it through a pipe (``--no-api --config-file /dev/fd/N``), no temporary file. On the
+launcher's start path: no dataclasses, shlex/re or json imports (``dumps`` is json.dumps for
+the plain values of a VM definition).
 """
 
 from __future__ import annotations
 
-import shlex
 import zlib
-from dataclasses import dataclass
 
 from ..errors import ConfigError, UsageError
-from ..flakeconf import VmFlake
 
 TYPE_CHECKING = False  # importing typing costs ~13 ms of launcher start; annotations only
 if TYPE_CHECKING:
     from typing import Any
+
+    from ..flakeconf import VmFlake
+    from .plan import Plan
+
+    Vm = VmFlake | Plan
 
 CMDLINE_MAX = 2048  # Firecracker's x86-64 kernel command line limit (bytes, incl. what it appends)
 GUEST_CID = 3
 _TERM_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.+")
 
 
-@dataclass(frozen=True)
-class Channel:
-    """How the program talks to the caller: over vsock (our sci) or on the serial console."""
-
-    vsock: bool  # False: serial console fallback, the run= command goes on the kernel cmdline
-    resume: bool
-
-
-@dataclass(frozen=True)
 class Instance:
     """Where one VM instance's per-instance resources live (all in the private state dir)."""
 
-    meta: str  # app[@name]: the instance name
-    vsock_uds: str
-    overlay: str | None  # per-instance write layer, None: read-only instance
-    tap: str | None  # host TAP device, None: no network
-    mac: str
+    __slots__ = ("meta", "vsock_uds", "overlay", "tap", "mac")
+
+    def __init__(self, meta: str, vsock_uds: str, overlay: str | None, tap: str | None, mac: str) -> None:
+        self.meta = meta  # app[@name]: the instance name
+        self.vsock_uds = vsock_uds
+        self.overlay = overlay  # per-instance write layer, None: read-only instance
+        self.tap = tap  # host TAP device, None: no network
+        self.mac = mac
 
 
-def channel(flake: VmFlake) -> Channel:
-    return Channel(vsock=flake.resume or flake.force_vsock, resume=flake.resume)
-
-
-def wants_network(flake: VmFlake) -> bool:
+def wants_network(flake: Vm) -> bool:
     """Networking is on iff the boot args configure it (``ip=...``); otherwise no NIC at all."""
     return any(arg.startswith("ip=") for arg in flake.firecracker.boot_args)
 
@@ -56,7 +51,19 @@ def guest_mac(uid: int, meta: str) -> str:
     return "AA:FC:" + ":".join(f"{b:02X}" for b in digest)
 
 
-def run_command(flake: VmFlake, args: list[str]) -> str:
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-")
+
+
+def quote(word: str) -> str:
+    """``shlex.quote`` without importing shlex and re."""
+    if not word:
+        return "''"
+    if set(word) <= _SAFE:
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
+def run_command(flake: Vm, args: list[str]) -> str:
     """The serial-mode command for sci's ``run=``: shell words, double-quoted on the cmdline."""
     words = [flake.target_app_path, *args]
     for word in words:
@@ -65,11 +72,11 @@ def run_command(flake: VmFlake, args: list[str]) -> str:
                 f"{flake.app}: argument {word!r} cannot travel on the serial console's kernel command line "
                 "(no '\"' or control characters); register the flake with force_vsock"
             )
-    return shlex.join(words)
+    return " ".join(quote(w) for w in words)
 
 
 def boot_args(
-    flake: VmFlake,
+    flake: Vm,
     args: list[str],
     *,
     overlay: bool,
@@ -78,7 +85,7 @@ def boot_args(
     winsize: tuple[int, int] | None = None,
 ) -> str:
     """The kernel command line: registration boot args plus what sci needs for this call."""
-    chan = channel(flake)
+    vsock = flake.resume or flake.force_vsock  # False: serial console, run= on the kernel cmdline
     out: list[str] = []
     if debug:
         out.append("PILOT_DEBUG=1")
@@ -89,21 +96,21 @@ def boot_args(
     if winsize and winsize[0] > 0 and winsize[1] > 0:
         out += [f"sci_lines={winsize[0]}", f"sci_columns={winsize[1]}"]
     for arg in flake.firecracker.boot_args:
-        if chan.vsock and not debug and arg.startswith("console="):
+        if vsock and not debug and arg.startswith("console="):
             arg = "console="  # the serial console is not the app's terminal: keep boot quiet and fast
         out.append(arg)
     # Host and guest modes must agree: the original relied on registration writing these.
-    if chan.resume and "sci_resume=1" not in out:
+    if flake.resume and "sci_resume=1" not in out:
         out.append("sci_resume=1")
-    if flake.force_vsock and not chan.resume and "sci_force_vsock=1" not in out:
+    if flake.force_vsock and not flake.resume and "sci_force_vsock=1" not in out:
         out.append("sci_force_vsock=1")
-    if not chan.vsock and not debug:
+    if not vsock and not debug:
         # serial mode: the console is the app's output, so kernel messages must stay off it
         if "quiet" not in out:
             out.append("quiet")
         if not any(a.startswith("loglevel=") for a in out):
             out.append("loglevel=0")
-    out.append("run=vsock" if chan.vsock else f'run="{run_command(flake, args)}"')
+    out.append("run=vsock" if vsock else f'run="{run_command(flake, args)}"')
     cmdline = " ".join(out)
     if len(cmdline.encode()) > CMDLINE_MAX - 128:  # Firecracker appends root=/dev/vda ro virtio_mmio...
         raise UsageError(
@@ -113,7 +120,7 @@ def boot_args(
     return cmdline
 
 
-def config(flake: VmFlake, inst: Instance, cmdline: str) -> dict[str, Any]:
+def config(flake: Vm, inst: Instance, cmdline: str) -> dict[str, Any]:
     """Firecracker's config-file document (``--no-api --config-file``)."""
     fc = flake.firecracker
     for key, value in (("kernel_image_path", fc.kernel_image_path),
@@ -139,3 +146,29 @@ def config(flake: VmFlake, inst: Instance, cmdline: str) -> dict[str, Any]:
         doc["network-interfaces"] = [{"iface_id": "eth0", "guest_mac": inst.mac, "host_dev_name": inst.tap}]
     doc["vsock"] = {"guest_cid": GUEST_CID, "uds_path": inst.vsock_uds}
     return doc
+
+
+def dumps(value: object) -> str:
+    """``json.dumps(value)`` (same text) for str, int, bool, None, dict and list/tuple values."""
+    if isinstance(value, str):
+        return _quote_json(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_quote_json(str(k))}: {dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(dumps(v) for v in value) + "]"
+    raise TypeError(f"not part of a VM definition: {type(value).__name__}")
+
+
+def _quote_json(text: str) -> str:
+    from _json import encode_basestring_ascii  # json.dumps's own C escaper, without json's re import
+
+    result: str = encode_basestring_ascii(text)
+    return result

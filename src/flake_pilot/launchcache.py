@@ -1,0 +1,188 @@
+"""The launchers' registration cache: a warm launch imports no YAML (PyYAML, re, dataclasses).
+
+Both launchers (podman-pilot, firecracker-pilot) keep what they need from a registration (their
+own "plan", a dict of plain values) in ``$XDG_CACHE_HOME/flake-pilot/plans/`` (default
+``~/.cache``), written with marshal. The YAML stays the only source of truth:
+
+- the cache dirs (``flake-pilot/`` and ``plans/``) must be real directories owned by the caller,
+  mode 0700 (created so); a cache file is opened with O_NOFOLLOW and must be the caller's, 0600;
+- a plan records the stamp (inode, size, mtime, ctime, device; or "missing") of every input:
+  the generic configs (system and user), ``<app>.yaml`` of both scopes, the ``.d`` dirs and each
+  drop-in; a launch uses the plan only if every stamp is unchanged;
+- the key (format, package version, launcher kind and plan shape, app, uid, ``FLAKES_CONFIG``,
+  ``XDG_CONFIG_HOME``, ``HOME``) must match exactly;
+- a plan stored less than a second after one of its inputs was modified is not used (file times
+  are coarse: a same-size rewrite within one clock tick could go unseen; as git's "racy" index
+  entries); the next launch parses and stores it again.
+
+Any mismatch, unreadable or odd file, or any doubt means parsing again. Imports only the stdlib
+modules a launcher has loaded anyway (os, stat, marshal); the slow path imports settings/flakeconf.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import stat
+
+from . import debug
+
+FORMAT = 2
+RACY_NS = 1_000_000_000
+MAX_SIZE = 1 << 20
+Stamp = tuple[int, int, int, int, int] | None
+
+
+def stamp(path: str) -> Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev)
+
+
+def _home() -> str:
+    home = os.environ.get("HOME")
+    if home and home.startswith("/"):
+        return home
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return "/"
+
+
+def cache_dir() -> str | None:
+    """``$XDG_CACHE_HOME/flake-pilot/plans`` (None when that is not an absolute path)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(_home(), ".cache")
+    return os.path.join(base, "flake-pilot", "plans") if base.startswith("/") else None
+
+
+def _ours(path: str) -> bool:
+    """A real directory (lstat: no symlink), owned by the caller, no group/other access."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def _private(directory: str, create: bool) -> bool:
+    if create:
+        for d in (os.path.dirname(directory), directory):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+            except OSError:
+                try:
+                    os.makedirs(d, 0o700, exist_ok=True)  # missing parents (~/.cache)
+                except OSError:
+                    return False
+    return _ours(os.path.dirname(directory)) and _ours(directory)
+
+
+def _key(kind: str, shape: int, app: str) -> tuple[object, ...]:
+    from . import __version__  # an upgrade may parse differently: never reuse an older plan
+
+    env = os.environ
+    return (FORMAT, __version__, kind, shape, app, os.getuid(), env.get("FLAKES_CONFIG", ""),
+            env.get("XDG_CONFIG_HOME", ""), env.get("HOME", ""))
+
+
+def _file(directory: str, key: tuple[object, ...]) -> str:
+    h = 0xCBF29CE484222325  # FNV-1a over the key: no hashlib import
+    for byte in repr(key).encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    app = str(key[4])
+    shown = app if app.isprintable() and "/" not in app and len(app) < 128 else "_"  # the hash decides
+    return os.path.join(directory, f"{key[2]}-{shown}-{h:016x}.plan")
+
+
+def load(kind: str, shape: int, app: str) -> dict[str, object] | None:
+    """The stored plan of *kind* for *app* when every input is unchanged, else None."""
+    directory = cache_dir()
+    if directory is None or not _private(directory, create=False):
+        return None
+    key = _key(kind, shape, app)
+    path = _file(directory, key)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077 or st.st_size > MAX_SIZE:
+            return None
+        data = marshal.loads(os.read(fd, st.st_size))
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None
+        stored = data["stored"]
+        for stamped, old in data["stamps"]:
+            if old is not None and stored - old[2] < RACY_NS:
+                debug.log(f"registration cache: {stamped} was new when the plan was stored")
+                return None  # racy: a same-size rewrite within the clock tick could go unseen
+            if stamp(stamped) != old:
+                debug.log(f"registration cache: {stamped} changed")
+                return None
+        plan = data["plan"]
+        return plan if isinstance(plan, dict) else None
+    except (ValueError, EOFError, TypeError, KeyError, OSError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def inputs(app: str) -> list[str]:
+    """Every path a registration lookup of *app* depends on (slow path: imports settings); found
+    or missing, either way its stamp is part of the plan."""
+    from . import flakeconf, settings
+    from .errors import ConfigError
+
+    deps = [settings.system_config_path(), settings.user_config_path()]
+    flakes_dirs = [settings.load(False).flakes_dir]
+    try:
+        flakes_dirs.append(settings.load(True).flakes_dir)
+    except ConfigError:
+        pass  # a broken user config does not matter for a system flake; its stamp is kept
+    for flakes_dir in flakes_dirs:
+        config = flakeconf.config_path(flakes_dir, app)
+        deps += [config, config[: -len(".yaml")] + ".d", *flakeconf.dropin_files(config)]
+    return deps
+
+
+def stamps(deps: list[str]) -> list[tuple[str, Stamp]]:
+    """The stamps of *deps*: take them before parsing, hand them to ``store`` after."""
+    return [(d, stamp(d)) for d in deps]
+
+
+def store(kind: str, shape: int, app: str, plan: dict[str, object], before: list[tuple[str, Stamp]]) -> None:
+    """Record a plan parsed from inputs stamped *before* the parse (temp file + rename); not when
+    an input changed meanwhile. Failures only cost a later launch a parse."""
+    import time
+
+    for path, old in before:
+        if stamp(path) != old:
+            debug.log(f"registration cache: {path} changed while it was parsed, not cached")
+            return
+    directory = cache_dir()
+    if directory is None or not _private(directory, create=True):
+        return
+    key = _key(kind, shape, app)
+    path = _file(directory, key)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        data = marshal.dumps({"key": key, "stored": time.time_ns(), "stamps": before, "plan": plan})
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        debug.log(f"registration cache not written: {exc}")
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

@@ -3,7 +3,8 @@
 It holds sci, the protocol and the error classes; the guest needs only python3-minimal. Modules
 are stored uncompressed (no zlib needed) and precompiled (unchecked-hash .pyc, used when the
 guest's Python has the same bytecode version, else the .py beside it), so sci starts fast.
-The output is byte-for-byte reproducible.
+The sources and .pyc headers (source hashes) are reproducible; the marshalled code inside a
+.pyc can differ between processes (CPython sets reference flags by refcount).
 """
 
 from __future__ import annotations

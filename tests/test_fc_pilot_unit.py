@@ -256,3 +256,21 @@ def test_boot_timeout_validated(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("PILOT_BOOT_TIMEOUT", bad)
         with pytest.raises(UsageError, match="PILOT_BOOT_TIMEOUT"):
             boot_timeout()
+
+
+def test_own_json_and_quoting_match_the_stdlib() -> None:
+    """vmdef writes the VM definition and the serial command without json/shlex (their re import
+    costs the launcher milliseconds): the text must be exactly what those would produce."""
+    import json
+    import shlex
+
+    words = ["", "a", "it's", "a b", "x=1,2:/.-@%+", "ü", "$x", "tab\t", 'q"uote', "back\\slash", "\x7f", "\u2028"]
+    for word in words:
+        assert vmdef.quote(word) == shlex.quote(word)
+        assert vmdef.dumps(word) == json.dumps(word)
+    doc = vmdef.config(flake(), inst(overlay="/s/o.ext2", tap="tap-x"), 'console=ttyS0 run="/bin/true"')
+    assert vmdef.dumps(doc) == json.dumps(doc)
+    assert vmdef.dumps({"a": [1, True, None, False, -3, (1, 2)], 5: "k"}) == json.dumps(
+        {"a": [1, True, None, False, -3, (1, 2)], 5: "k"})
+    with pytest.raises(TypeError):
+        vmdef.dumps({"f": 1.5})

@@ -168,6 +168,8 @@ def dumps(value: object) -> str:
 
 
 def _quote_json(text: str) -> str:
+    if text.isascii() and text.isprintable():  # paths and boot args: only '"' and '\\' to escape
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     from _json import encode_basestring_ascii  # json.dumps's own C escaper, without json's re import
 
     result: str = encode_basestring_ascii(text)

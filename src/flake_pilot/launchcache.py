@@ -11,9 +11,10 @@ own "plan", a dict of plain values) in ``$XDG_CACHE_HOME/flake-pilot/plans/`` (d
   drop-in; a launch uses the plan only if every stamp is unchanged;
 - the key (format, package version, launcher kind and plan shape, app, uid, ``FLAKES_CONFIG``,
   ``XDG_CONFIG_HOME``, ``HOME``) must match exactly;
-- a plan stored less than a second after one of its inputs was modified is not used (file times
-  are coarse: a same-size rewrite within one clock tick could go unseen; as git's "racy" index
-  entries); the next launch parses and stores it again.
+- file times are coarse (a same-size rewrite within one clock tick keeps the stamp), so for an
+  input modified (mtime or ctime) less than a second before the plan was stored, the plan also
+  records a digest of its content (CRC-32 and length; a directory: its sorted listing) taken
+  before the parse, and a launch compares it too (as git re-checks "racily clean" entries).
 
 Any mismatch, unreadable or odd file, or any doubt means parsing again. Imports only the stdlib
 modules a launcher has loaded anyway (os, stat, marshal); the slow path imports settings/flakeconf.
@@ -27,10 +28,12 @@ import stat
 
 from . import debug
 
-FORMAT = 2
+FORMAT = 3
 RACY_NS = 1_000_000_000
 MAX_SIZE = 1 << 20
 Stamp = tuple[int, int, int, int, int] | None
+Digest = tuple[int, int] | None
+Entry = tuple[str, Stamp, Digest]
 
 
 def stamp(path: str) -> Stamp:
@@ -39,6 +42,27 @@ def stamp(path: str) -> Stamp:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev)
+
+
+def digest(path: str) -> Digest:
+    """(length, CRC-32) of a file's content or a directory's sorted listing; None if unreadable."""
+    import zlib
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SIZE)
+    except IsADirectoryError:
+        try:
+            data = "\0".join(sorted(os.listdir(path))).encode(errors="surrogateescape")
+        except OSError:
+            return None
+    except OSError:
+        return None
+    return (len(data), zlib.crc32(data))
+
+
+def _racy(old: Stamp, stored: int) -> bool:
+    return old is not None and stored - max(old[2], old[3]) < RACY_NS
 
 
 def _home() -> str:
@@ -119,13 +143,13 @@ def load(kind: str, shape: int, app: str) -> dict[str, object] | None:
         if not isinstance(data, dict) or data.get("key") != key:
             return None
         stored = data["stored"]
-        for stamped, old in data["stamps"]:
-            if old is not None and stored - old[2] < RACY_NS:
-                debug.log(f"registration cache: {stamped} was new when the plan was stored")
-                return None  # racy: a same-size rewrite within the clock tick could go unseen
+        for stamped, old, dig in data["stamps"]:
             if stamp(stamped) != old:
                 debug.log(f"registration cache: {stamped} changed")
                 return None
+            if _racy(old, stored) and (dig is None or digest(stamped) != dig):
+                debug.log(f"registration cache: {stamped} was new when the plan was stored and differs")
+                return None  # a same-size rewrite within the clock tick keeps the stamp
         plan = data["plan"]
         return plan if isinstance(plan, dict) else None
     except (ValueError, EOFError, TypeError, KeyError, OSError):
@@ -152,17 +176,17 @@ def inputs(app: str) -> list[str]:
     return deps
 
 
-def stamps(deps: list[str]) -> list[tuple[str, Stamp]]:
-    """The stamps of *deps*: take them before parsing, hand them to ``store`` after."""
-    return [(d, stamp(d)) for d in deps]
+def stamps(deps: list[str]) -> list[Entry]:
+    """Stamps and digests of *deps*: take them before parsing, hand them to ``store`` after."""
+    return [(d, stamp(d), digest(d)) for d in deps]
 
 
-def store(kind: str, shape: int, app: str, plan: dict[str, object], before: list[tuple[str, Stamp]]) -> None:
+def store(kind: str, shape: int, app: str, plan: dict[str, object], before: list[Entry]) -> None:
     """Record a plan parsed from inputs stamped *before* the parse (temp file + rename); not when
     an input changed meanwhile. Failures only cost a later launch a parse."""
     import time
 
-    for path, old in before:
+    for path, old, _ in before:
         if stamp(path) != old:
             debug.log(f"registration cache: {path} changed while it was parsed, not cached")
             return

@@ -387,9 +387,17 @@ def run_resume(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, bina
         if started:  # the VM we booted never answered: do not leave a broken VM behind
             with_lock = instances.try_lock(paths.lock)
             if with_lock is not None:
+                debug.log(f"removing VM pid {pid}: it never answered")
                 instances.kill(pid, paths.fc_id, grace=0.2)
+                try:
+                    reap(pid)  # our child: gone for good once reaped (kill returns once it stops being a VM)
+                except ChildProcessError:
+                    pass
                 instances.remove_files(paths, overlay=False)
                 os.close(with_lock)
+                debug.log(f"VM pid {pid} removed")
+            else:
+                debug.log(f"VM pid {pid} never answered; another call holds {paths.lock}: left to it")
         raise
     return session(flake, call, sock)
 

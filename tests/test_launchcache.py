@@ -1,0 +1,69 @@
+"""The launchers' shared registration cache (flake_pilot.launchcache), in process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flake_pilot import launchcache
+from flake_pilot.firecracker import plan as fcplan
+from flake_pilot.podman import plan
+
+
+@pytest.fixture()
+def reg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    flakes = tmp_path / "flakes"
+    flakes.mkdir()
+    cfg = tmp_path / "flakes.yml"
+    cfg.write_text(f"generic:\n  flakes_dir: {flakes}\n  podman_ids_dir: {tmp_path / 'ids'}\n")
+    (flakes / "app.yaml").write_text("container:\n  name: img1\n  runtime: {runas: root}\n")
+    monkeypatch.setenv("FLAKES_CONFIG", str(cfg))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "userconfig"))
+    return flakes
+
+
+def test_fresh_registration_is_cached_and_a_same_stamp_rewrite_is_seen(
+        reg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert plan.load("app").image == "img1"
+    hit = plan.cached("app")  # written just now (racy): the content digest vouches for it
+    assert hit is not None and hit.image == "img1"
+    old = {p: launchcache.stamp(p) for p in launchcache.inputs("app")}
+    (reg / "app.yaml").write_text("container:\n  name: img2\n  runtime: {runas: root}\n")  # same size
+    real = launchcache.stamp
+    monkeypatch.setattr(launchcache, "stamp", lambda p: old.get(p, real(p)))  # a coarse clock: same stamps
+    assert plan.cached("app") is None  # the digest differs
+    monkeypatch.setattr(launchcache, "stamp", real)
+    assert plan.load("app").image == "img2"
+
+
+def test_only_a_private_cache_is_used(reg: Path, tmp_path: Path) -> None:
+    plan.load("app")
+    plans = tmp_path / "cache" / "flake-pilot" / "plans"
+    assert plans.stat().st_mode & 0o777 == 0o700 and plans.parent.stat().st_mode & 0o777 == 0o700
+    [stored] = plans.glob("podman-app-*.plan")
+    assert stored.stat().st_mode & 0o777 == 0o600 and plan.cached("app") is not None
+    for path, mode in ((plans, 0o755), (plans.parent, 0o770), (stored, 0o644)):
+        os.chmod(path, mode)
+        assert plan.cached("app") is None, path
+        os.chmod(path, 0o600 if path == stored else 0o700)
+    assert plan.cached("app") is not None
+    moved = tmp_path / "elsewhere"
+    plans.rename(moved)
+    plans.symlink_to(moved)  # a symlinked cache dir is refused
+    assert plan.cached("app") is None
+    plans.unlink()
+    moved.rename(plans)
+    target = plans / "real"
+    stored.rename(target)
+    stored.symlink_to(target)  # and so is a symlinked cache file
+    assert plan.cached("app") is None
+
+
+def test_kinds_do_not_mix(reg: Path) -> None:
+    plan.load("app")
+    assert fcplan.cached("app") is None  # a podman plan is never read as a VM plan
+    with pytest.raises(Exception, match="not a Firecracker VM"):
+        fcplan.load("app")

@@ -46,7 +46,7 @@ def setup(work: Path) -> tuple[dict[str, str], Path, Path]:
         "      mem_size_mib: 64\n      vcpu_count: 1\n")
     app = work / "bin" / "tiny"
     app.symlink_to(PILOT)
-    past = time.time() - 10  # the registration cache distrusts plans stored within a second of a change
+    past = time.time() - 10  # old inputs: the cache needs no content check (as a long-installed flake)
     for f in (work / "flakes.yml", work / "flakes" / "tiny.yaml"):
         os.utime(f, (past, past))
     (work / "nocache" / "flake-pilot").mkdir(parents=True, mode=0o755)  # not private: never used

@@ -16,7 +16,7 @@ def imported(stderr: str) -> set[str]:
 
 
 def age(*paths: Path) -> None:
-    """Make files look written 10 s ago (the cache distrusts plans stored within a second of a change)."""
+    """Make files look written 10 s ago (then a hit needs no content check)."""
     past = time.time() - 10
     for p in paths:
         os.utime(p, (past, past))

@@ -292,7 +292,7 @@ def test_serial_start_path_imports_no_heavy_modules(vm_prefix: VmPrefix) -> None
     import time
 
     vm_prefix.register("imp")
-    past = time.time() - 10  # the cache distrusts plans stored within a second of a change
+    past = time.time() - 10  # old inputs: no content check on a hit
     for f in (vm_prefix.prefix.flakes_dir / "imp.yaml", vm_prefix.prefix.config):
         os.utime(f, (past, past))
     heavy = {"subprocess", "hashlib", "socket", "tempfile", "shutil", "glob", "logging", "http.client",

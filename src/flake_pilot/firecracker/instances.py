@@ -119,10 +119,10 @@ def running_pid(paths: InstancePaths) -> int | None:
 
 def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
     """Remove an instance's runtime files (and its one-shot overlay, TAP device if ours)."""
-    from . import tap
-
     dev = statedir.read_file(paths.tap_record)
     if dev:
+        from . import tap
+
         tap.remove(dev)
     prefix = os.path.basename(paths.sock) + "_"
     listeners = [os.path.join(paths.state_dir, n) for n in _names(paths.state_dir) if n.startswith(prefix)]

@@ -3,7 +3,8 @@
 #   scripts/install.sh DESTDIR PREFIX SYSCONFDIR        e.g.  "" /usr /etc
 # - the Python package into PREFIX/lib/flake-pilot (private dir, pip --target, no dependencies:
 #   PyYAML comes from the system, Debian: python3-yaml),
-# - one launcher per console script of pyproject.toml into PREFIX/bin (#!PYTHON -I),
+# - one launcher per console script of pyproject.toml into PREFIX/bin (#!PYTHON -I; the app
+#   launchers podman-pilot and firecracker-pilot #!PYTHON -IS),
 # - SYSCONFDIR/flakes.yml and SYSCONFDIR/flakes/{container-flake.yaml,firecracker-flake.yaml,storage.conf};
 #   existing configuration files are kept (the new one is written next to it as *.new).
 # DESTDIR is prepended to every path written (staging); PYTHON selects the interpreter.
@@ -48,10 +49,14 @@ with open(sys.argv[1], "rb") as f:
     for name, target in tomllib.load(f)["project"]["scripts"].items():
         print(name, target)
 PY
+# The launchers (podman-pilot, firecracker-pilot) start as `-IS`: no `site` (~5 ms of every
+# launch); a warm launch needs the stdlib only, and a cold one (YAML to parse) runs site.main()
+# itself to find PyYAML (flake_pilot.yamlio). One shebang argument: Linux passes "-I -S" as one.
 while read -r name target; do
   module=${target%%:*} func=${target##*:}
+  case "$name" in podman-pilot|firecracker-pilot) flags=-IS ;; *) flags=-I ;; esac
   cat > "$WORK/$name" <<EOF
-#!$PYTHON -I
+#!$PYTHON $flags
 import sys
 sys.path.insert(0, "$LIBDIR")
 from $module import $func

@@ -37,11 +37,11 @@ def test_make_install_layout_into_destdir(tmp_path: Path) -> None:
     ).stdout
     proc = install(str(dest), "/usr", "/etc")
     assert proc.returncode == 0, proc.stderr
-    for prog in ("flake-ctl", "podman-pilot"):
+    for prog, flags in (("flake-ctl", "-I"), ("podman-pilot", "-IS"), ("firecracker-pilot", "-IS")):
         launcher = dest / "usr/bin" / prog
         assert os.access(launcher, os.X_OK)
         head = launcher.read_text().splitlines()
-        assert head[0] == f"#!{HOSTPY} -I" and 'sys.path.insert(0, "/usr/lib/flake-pilot")' in head
+        assert head[0] == f"#!{HOSTPY} {flags}" and 'sys.path.insert(0, "/usr/lib/flake-pilot")' in head
     assert (dest / "usr/lib/flake-pilot/flake_pilot/ctl/main.py").is_file()
     generic = yaml.safe_load((dest / "etc/flakes.yml").read_text())["generic"]
     assert generic == {
@@ -101,4 +101,58 @@ def test_installed_programs_run(tmp_path: Path) -> None:
         [str(prefix / "bin/flake-ctl"), "list", "--format", "csv"], capture_output=True, text=True, env=env
     )
     assert listed.stdout.splitlines()[1].startswith("hello,podman,")
+    shutil.rmtree(prefix)
+
+
+def imported(stderr: str) -> set[str]:
+    """Module names in ``-X importtime`` output (``import time: self | cumulative | name``)."""
+    return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")} - {
+        "package"
+    }
+
+
+def test_installed_launcher_starts_without_site(tmp_path: Path) -> None:
+    """The installed podman-pilot runs as ``python3 -IS``: a cold launch (no registration cache:
+    the YAML is parsed) finds the system PyYAML through site.main(); a warm launch imports
+    neither yaml nor site. The engine is /bin/true (podman_binary), so no podman is needed."""
+    prefix = tmp_path / "usr"
+    proc = install("", str(prefix), str(tmp_path / "etc"))
+    assert proc.returncode == 0, proc.stderr
+    launcher = prefix / "bin/podman-pilot"
+    shebang = launcher.read_text().splitlines()[0]
+    assert shebang == f"#!{HOSTPY} -IS"
+    flakes, bindir = tmp_path / "flakes", tmp_path / "bin"
+    flakes.mkdir()
+    bindir.mkdir()
+    (tmp_path / "flakes.yml").write_text(
+        f"generic:\n  flakes_dir: {flakes}\n  podman_ids_dir: {tmp_path / 'ids'}\n  podman_binary: /bin/true\n"
+    )
+    app = bindir / "hello"
+    (flakes / "hello.yaml").write_text(
+        "include: {tar: ~, path: ~}\ncontainer:\n  name: img\n  target_app_path: /bin/sh\n"
+        f"  host_app_path: {app}\n  check_host_dependencies: false\n"
+        "  runtime: {resume: false, attach: false, podman: ~}\n"
+    )
+    app.symlink_to(launcher)
+    cache = tmp_path / "cache"
+    env = {"PATH": "/usr/bin:/bin", "FLAKES_CONFIG": str(tmp_path / "flakes.yml"), "HOME": str(tmp_path),
+           "XDG_CACHE_HOME": str(cache)}
+
+    def launch(*pre: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([*pre, str(app), "-c", "true"], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    # through the shebang itself: cold (parses YAML, stores the plan), then warm
+    launch()
+    assert list((cache / "flake-pilot/plans").iterdir()), "the cold launch stored no plan"
+    launch()
+    # the same interpreter and flags as the shebang, plus -X importtime (-I ignores PYTHON* variables)
+    traced = [HOSTPY, "-IS", "-X", "importtime"]
+    warm = imported(launch(*traced).stderr)
+    assert "flake_pilot.podman.pilot" in warm  # the trace is real
+    assert not {"site", "yaml", "_yaml"} & warm, sorted(warm)
+    shutil.rmtree(cache)
+    cold = imported(launch(*traced).stderr)
+    assert {"site", "yaml", "flake_pilot.yamlio"} <= cold, sorted(cold)
     shutil.rmtree(prefix)

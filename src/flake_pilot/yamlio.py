@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from .errors import ConfigError
 
+_SITE_ADDED: list[bool] = []  # site.main() ran (at most once)
+
+
+def _find_yaml() -> None:
+    """Make PyYAML importable in an interpreter started without ``site`` (``-S``: the installed
+    launchers, whose warm launch needs the stdlib only): if ``import yaml`` fails there, add the
+    site directories (dist-packages, a venv's site-packages) once, as a normal start would have."""
+    if not sys.flags.no_site or _SITE_ADDED or "yaml" in sys.modules:
+        return
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        _SITE_ADDED.append(True)
+        import site
+
+        site.main()
+
 
 def load_file(path: str) -> Any:
     """Parse one YAML document; errors name the file, line and column."""
+    _find_yaml()
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -60,6 +79,7 @@ def expanded_size(doc: Any) -> int:
 
 
 def dump(data: Any) -> str:
+    _find_yaml()
     import yaml
 
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

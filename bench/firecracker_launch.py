@@ -4,9 +4,11 @@
 Both sides boot the same tiny bare-metal guest (prints, then resets the VM) with the same VM
 definition: the launcher's own (taken from its PILOT_DEBUG output), given to the raw
 ``firecracker --no-api --config-file`` directly. The launcher is the installed console script
-(venv bin), called through an app symlink as a user would. Runs alternate to share the noise.
+(venv bin), called through an app symlink as a user would; with ``--installed`` it is
+``PREFIX/bin/firecracker-pilot`` of scripts/install.sh into a temp prefix (what ``make install``
+gives: ``#!/usr/bin/python3 -IS``, byte-compiled package). Runs alternate to share the noise.
 
-Usage: bench/firecracker_launch.py [RUNS]   (default 30)
+Usage: bench/firecracker_launch.py [RUNS] [--installed]   (default 30)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ VENV_BIN = Path(sys.executable).parent
 PILOT = VENV_BIN / "firecracker-pilot"
 
 
-def setup(work: Path) -> tuple[dict[str, str], Path, Path]:
+def setup(work: Path, pilot: Path) -> tuple[dict[str, str], Path, Path]:
     subprocess.run(["bash", str(ROOT / "scripts/get-firecracker.sh")], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["bash", str(ROOT / "scripts/build-tiny-guest.sh")], check=True, stdout=subprocess.DEVNULL)
     fc = STATE / "bin" / "firecracker"
@@ -45,7 +47,7 @@ def setup(work: Path) -> tuple[dict[str, str], Path, Path]:
         f"      kernel_image_path: {STATE / 'guest' / 'tiny.elf'}\n"
         "      mem_size_mib: 64\n      vcpu_count: 1\n")
     app = work / "bin" / "tiny"
-    app.symlink_to(PILOT)
+    app.symlink_to(pilot)
     past = time.time() - 10  # old inputs: the cache needs no content check (as a long-installed flake)
     for f in (work / "flakes.yml", work / "flakes" / "tiny.yaml"):
         os.utime(f, (past, past))
@@ -74,12 +76,21 @@ def timed(argv: list[str], env: dict[str, str], check: bool = True) -> tuple[flo
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    args = [a for a in sys.argv[1:] if a != "--installed"]
+    runs = int(args[0]) if args else 30
     if not PILOT.exists():
         sys.exit(f"{PILOT} missing: pip install -e . into this venv")
     with tempfile.TemporaryDirectory(prefix="fc-bench-") as tmp:
         work = Path(tmp)
-        env, app, fc = setup(work)
+        launcher = PILOT
+        if "--installed" in sys.argv[1:]:
+            from installed import install
+
+            launcher = install(work / "inst") / "firecracker-pilot"
+        from installed import interpreter
+
+        python = interpreter(launcher) or [sys.executable]
+        env, app, fc = setup(work, launcher)
         dbg = subprocess.run([str(app)], env={**env, "PILOT_DEBUG": "1"}, capture_output=True, text=True)
         line = next(ln for ln in dbg.stderr.splitlines() if "vm definition: " in ln)
         doc = json.loads(line.split("vm definition: ", 1)[1])
@@ -98,21 +109,23 @@ def main() -> None:
             (work / "raw.sock").unlink(missing_ok=True)  # as the launcher does before each start
             r_run, p_run = timed(raw_argv, env), timed([str(app)], env)
             y_run = timed([str(app)], nocache)
-            f_run = timed([sys.executable, "-c", "pass"], env, check=False)
+            f_run = timed([*python, "-c", "pass"], env, check=False)
             if i >= 3:
                 raw.append(r_run)
                 pilot.append(p_run)
                 parse.append(y_run)
                 floor.append(f_run)
         load = os.getloadavg()[0]
-        print(f"tiny guest, launch to exit, {runs} alternating runs each (medians; load average {load:.1f})")
+        print(f"tiny guest, launch to exit, {runs} alternating runs each (medians; load average {load:.1f}); "
+              f"launcher {launcher} ({' '.join(python)})")
+        floor_name = " ".join(["python", *python[1:]])
         for k, what in ((0, "wall"), (1, "CPU ")):
             r = statistics.median(x[k] for x in raw)
             p = statistics.median(x[k] for x in pilot)
             y = statistics.median(x[k] for x in parse)
             print(f"  {what}: raw firecracker {r:6.1f} ms | firecracker-pilot {p:6.1f} ms, overhead "
                   f"{p - r:6.1f} ms (x{p / r:.2f}) | without the registration cache {y:6.1f} ms, overhead "
-                  f"{y - r:6.1f} ms | `python -c pass` {statistics.median(x[k] for x in floor):5.1f} ms")
+                  f"{y - r:6.1f} ms | `{floor_name} -c pass` {statistics.median(x[k] for x in floor):5.1f} ms")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@
 
 Pairs alternate (AB, BA, AB, ...) in one run so load drifts hit both sides; prints medians,
 the ratio of medians and the median of per-pair ratios. The flake is called through its
-symlink to the installed console script (the venv's bin), like a user would.
-Run as root from the repository: ``.venv/bin/python bench/podman_launch.py [-n 21]``
+symlink to the installed console script (the venv's bin), like a user would; with ``--installed``
+to ``PREFIX/bin/podman-pilot`` of scripts/install.sh into a temp prefix (what ``make install``
+gives: ``#!/usr/bin/python3 -IS``, byte-compiled package).
+Run as root from the repository: ``.venv/bin/python bench/podman_launch.py [-n 21] [--installed]``
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def pairs(label: str, flake: list[str], raw: list[str], env: dict[str, str], n: 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=21, help="pairs per case (default 21)")
+    parser.add_argument("--installed", action="store_true",
+                        help="the launcher of scripts/install.sh into a temp prefix, not the venv's console script")
     args = parser.parse_args()
     import compileall
 
@@ -75,6 +79,12 @@ def main() -> int:
         root = Path(tmp)
         (root / "flakes").mkdir()
         (root / "bin").mkdir()
+        if args.installed:
+            from installed import install
+
+            pilot = install(root / "inst") / "podman-pilot"
+        else:
+            pilot = BIN / "podman-pilot"
         (root / "flakes.yml").write_text(
             f"generic:\n  flakes_dir: {root / 'flakes'}\n  podman_ids_dir: {root / 'ids'}\n"
             f"  podman_storage_conf: {storage}\n")
@@ -83,12 +93,14 @@ def main() -> int:
                 f"include: {{tar: ~, path: ~}}\ncontainer:\n  name: {BB_IMAGE}\n  target_app_path: /bin/sh\n"
                 f"  host_app_path: {root / 'bin' / name}\n  check_host_dependencies: false\n"
                 f"  runtime: {{runas: root, resume: {resume}, attach: false, podman: ~}}\n")
-            (root / "bin" / name).symlink_to(BIN / "podman-pilot")
+            (root / "bin" / name).symlink_to(pilot)
         env = {**os.environ, "FLAKES_CONFIG": str(root / "flakes.yml"), "XDG_CACHE_HOME": str(root / "cache"),
                "CONTAINERS_STORAGE_CONF": str(storage)}
         env.pop("PILOT_DEBUG", None)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure with bytecode caches, as an installed package has
         raw_podman = ["podman", "--log-level=error"]
-        print(f"podman-pilot launch bench: {BB_IMAGE}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+        print(f"podman-pilot launch bench: {BB_IMAGE}, launcher {pilot} ({pilot.read_text().splitlines()[0]}), "
+              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
         pairs("one-shot", [str(root / "bin" / "bench-once"), "-c", "true"],
               [*raw_podman, "run", "--rm", "-i", "--entrypoint", "/bin/sh", BB_IMAGE, "-c", "true"], env, args.n)
         timed([str(root / "bin" / "bench-resume"), "-c", "true"], env)  # creates the instance

@@ -29,13 +29,22 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import BB_IMAGE, BIN, STATE, STORAGE, busybox_rootfs_tar, import_image, podman, storage_conf  # noqa: E402
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str], cpu: list[float] | None = None) -> float:
+    """Wall seconds of one run; appends its CPU seconds (user+sys of the process and the children
+    it reaped) to *cpu*, steadier than wall time on a shared host."""
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed ({done.returncode}): {done.stderr.decode()[-300:]}")
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stderr.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {err.decode()[-300:]}")
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     return elapsed
 
 
@@ -44,17 +53,21 @@ def pairs(label: str, flake: list[str], raw: list[str], env: dict[str, str], n: 
         timed(flake, env)
         timed(raw, env)
     fl, rw = [], []
+    fc: list[float] = []
+    rc: list[float] = []
     for i in range(n):
         if i % 2:
-            rw.append(timed(raw, env))
-            fl.append(timed(flake, env))
+            rw.append(timed(raw, env, rc))
+            fl.append(timed(flake, env, fc))
         else:
-            fl.append(timed(flake, env))
-            rw.append(timed(raw, env))
+            fl.append(timed(flake, env, fc))
+            rw.append(timed(raw, env, rc))
     mf, mr = statistics.median(fl), statistics.median(rw)
     per_pair = statistics.median(f / r for f, r in zip(fl, rw, strict=True))
+    cf, cr = statistics.median(fc), statistics.median(rc)
     print(f"{label:9} flake median {mf * 1000:7.1f} ms   raw median {mr * 1000:7.1f} ms   "
-          f"ratio {mf / mr:.3f}   median pair ratio {per_pair:.3f}   (+{(mf - mr) * 1000:.1f} ms, n={n})")
+          f"ratio {mf / mr:.3f}   median pair ratio {per_pair:.3f}   (+{(mf - mr) * 1000:.1f} ms, n={n})   "
+          f"CPU flake {cf * 1000:.1f} ms raw {cr * 1000:.1f} ms (+{(cf - cr) * 1000:.1f} ms)")
     return mf, mr
 
 

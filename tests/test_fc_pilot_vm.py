@@ -276,8 +276,11 @@ def test_debug_keeps_guest_console_in_the_log(vm_prefix: VmPrefix) -> None:
     launcher = vm_prefix.popen("dbg", env={"PILOT_DEBUG": "1", "PILOT_BOOT_TIMEOUT": "30"})
     try:
         log = vm_prefix.state / "dbg.fc.log"
-        wait_for(lambda: log.exists() and b"HELLO-FROM-TINY-GUEST" in log.read_bytes(),
-                 what="console in the log")
+        def cmdline_logged() -> bool:  # the guest prints HELLO, then CMDLINE:<args>\r\n
+            data = log.read_bytes() if log.exists() else b""
+            return b"HELLO-FROM-TINY-GUEST" in data and b"\n" in data.partition(b"CMDLINE:")[2]
+
+        wait_for(cmdline_logged, what="console in the log")
         assert "PILOT_DEBUG=1" in log.read_text(errors="replace")  # the command line the guest printed
     finally:
         launcher.kill()

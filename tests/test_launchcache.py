@@ -67,3 +67,14 @@ def test_kinds_do_not_mix(reg: Path) -> None:
     assert fcplan.cached("app") is None  # a podman plan is never read as a VM plan
     with pytest.raises(Exception, match="not a Firecracker VM"):
         fcplan.load("app")
+
+
+def test_a_cache_dir_of_ours_made_with_a_loose_umask_is_tightened(reg: Path, tmp_path: Path) -> None:
+    """~/.cache/flake-pilot left 0755 (by an older version or a umask) must not disable the cache for good."""
+    plans = tmp_path / "cache" / "flake-pilot" / "plans"
+    plans.mkdir(parents=True)
+    os.chmod(plans.parent, 0o755)
+    os.chmod(plans, 0o755)
+    plan.load("app")  # stores: tightens both dirs of ours
+    assert plans.parent.stat().st_mode & 0o777 == 0o700 and plans.stat().st_mode & 0o777 == 0o700
+    assert plan.cached("app") is not None

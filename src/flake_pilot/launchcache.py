@@ -92,13 +92,23 @@ def _ours(path: str) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
+def _tighten(path: str) -> None:
+    """An existing cache dir of ours made with a looser umask: take group/other access away."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError:
+        pass
+
+
 def _private(directory: str, create: bool) -> bool:
     if create:
         for d in (os.path.dirname(directory), directory):
             try:
                 os.mkdir(d, 0o700)
             except FileExistsError:
-                pass
+                _tighten(d)
             except OSError:
                 try:
                     os.makedirs(d, 0o700, exist_ok=True)  # missing parents (~/.cache)

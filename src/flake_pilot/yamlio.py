@@ -40,7 +40,7 @@ def load_file(path: str) -> Any:
     if len(data) > 1024 * 1024:
         raise ConfigError(f"{path}: file too large ({len(data)} bytes, at most 1 MiB)")
     try:
-        doc = yaml.load(data, Loader=loader)  # noqa: S506 - safe loader chosen above
+        doc = yaml.load(data, Loader=loader)  # noqa: S506 - loader is CSafeLoader or SafeLoader
         if expanded_size(doc) > MAX_NODES:
             raise ConfigError(f"{path}: too many values once aliases are expanded (more than {MAX_NODES}; "
                               "alias bomb?)")

@@ -86,8 +86,14 @@ def diagnose(user_mode: bool) -> list[Result]:
     )
     flakes, reg_results = registrations(cfg)
     engines = {engine for engine, _ in flakes}
-    podman_res, podman_ok = podman_binary(cfg, "podman" in engines)
-    fc_res, _ = firecracker_binary(cfg, "firecracker" in engines)
+    podman_res, podman_ok = engine_binary(
+        "podman", cfg.podman_binary, "podman" in engines,
+        ("container flakes are registered", "needed for container flakes"),
+        "apt-get install podman (or set generic.podman_binary in flakes.yml)")
+    fc_res, _ = engine_binary(
+        "firecracker", cfg.firecracker_binary, "firecracker" in engines,
+        ("VM flakes are registered", "needed for VM flakes only"),
+        "install firecracker (scripts/get-firecracker.sh) or set generic.firecracker_binary")
     results += [podman_res, fc_res]
     if podman_ok:
         results += podman_runtime(cfg, "podman" in engines)
@@ -111,38 +117,16 @@ def _version(argv: list[str]) -> str:
     return text[0] if proc.returncode == 0 and text else ""
 
 
-def podman_binary(cfg: Settings, needed: bool) -> tuple[Result, bool]:
+def engine_binary(name: str, binary: str, needed: bool, why: tuple[str, str], fix: str) -> tuple[Result, bool]:
+    """Is the engine *binary* there and does it answer --version? why = (needed, not needed) reasons."""
     try:
-        path = runner.which(cfg.podman_binary)
+        path = runner.which(binary)
     except FlakeError:
-        why = "container flakes are registered" if needed else "needed for container flakes"
-        return Result(
-            "podman",
-            _needed(needed),
-            f"{cfg.podman_binary} not found in PATH ({why})",
-            "apt-get install podman (or set generic.podman_binary in flakes.yml)",
-        ), False
+        return Result(name, _needed(needed), f"{binary} not found in PATH ({why[0] if needed else why[1]})", fix), False
     version = _version([path, "--version"])
     if not version:
-        return Result("podman", FAIL, f"{path} --version failed", "reinstall podman"), False
-    return Result("podman", OK, f"{path}: {version}"), True
-
-
-def firecracker_binary(cfg: Settings, needed: bool) -> tuple[Result, bool]:
-    try:
-        path = runner.which(cfg.firecracker_binary)
-    except FlakeError:
-        why = "VM flakes are registered" if needed else "needed for VM flakes only"
-        return Result(
-            "firecracker",
-            _needed(needed),
-            f"{cfg.firecracker_binary} not found in PATH ({why})",
-            "install firecracker (scripts/get-firecracker.sh) or set generic.firecracker_binary",
-        ), False
-    version = _version([path, "--version"])
-    if not version:
-        return Result("firecracker", FAIL, f"{path} --version failed", "reinstall firecracker"), False
-    return Result("firecracker", OK, f"{path}: {version}"), True
+        return Result(name, FAIL, f"{path} --version failed", f"reinstall {name}"), False
+    return Result(name, OK, f"{path}: {version}"), True
 
 
 def _podman(cfg: Settings) -> tuple[list[str], dict[str, str]]:

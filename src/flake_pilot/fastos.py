@@ -1,0 +1,132 @@
+"""``os`` for the launchers' warm path, without importing ``os``.
+
+``import os`` costs about 2 ms of every launch (it runs os, _collections_abc, posixpath, stat,
+genericpath): a tenth of what a warm launch costs in all. The modules a warm launch runs use
+the ``posix`` functions and constants, which ``os`` only re-exports, through this module, plus
+the few helpers below (same results as their ``os``/``os.path`` namesakes for the cases used
+here). tests/test_ctl_install.py checks that a warm launch imports no ``os``.
+"""
+
+import posix
+import sys
+from _stat import S_ISDIR, S_ISLNK, S_ISREG
+from posix import (  # noqa: F401 - re-exported: what os re-exports from posix (add as needed)
+    O_APPEND,
+    O_CLOEXEC,
+    O_CREAT,
+    O_EXCL,
+    O_NOFOLLOW,
+    O_RDONLY,
+    O_RDWR,
+    O_TRUNC,
+    O_WRONLY,
+    POSIX_SPAWN_OPEN,
+    WNOHANG,
+    X_OK,
+    _exit,
+    access,
+    chmod,
+    close,
+    dup2,
+    execv,
+    execve,
+    fchmod,
+    fork,
+    fstat,
+    get_terminal_size,
+    getpgrp,
+    getpid,
+    getppid,
+    getuid,
+    isatty,
+    kill,
+    killpg,
+    listdir,
+    lstat,
+    mkdir,
+    open,
+    pidfd_open,
+    pipe,
+    pipe2,
+    posix_spawn,
+    read,
+    replace,
+    set_inheritable,
+    setsid,
+    stat,
+    tcgetpgrp,
+    unlink,
+    urandom,
+    waitpid,
+    waitstatus_to_exitcode,
+    write,
+)
+
+devnull = "/dev/null"
+defpath = "/bin:/usr/bin"
+pathsep = ":"
+
+_ENCODING = sys.getfilesystemencoding()
+_ERRORS = sys.getfilesystemencodeerrors()
+
+# decoded as os.environ decodes it; a snapshot like os.environ, changed only through putenv()
+environ: dict[str, str] = {
+    key.decode(_ENCODING, _ERRORS): value.decode(_ENCODING, _ERRORS) for key, value in posix.environ.items()
+}
+
+
+def putenv(key: str, value: str) -> None:
+    """Set a variable here and in the process environment (inherited by children)."""
+    environ[key] = value
+    posix.putenv(fsencode(key), fsencode(value))
+
+
+def fsencode(name: str) -> bytes:
+    return name.encode(_ENCODING, _ERRORS)
+
+
+def join(first: str, *rest: str) -> str:
+    """os.path.join: an absolute part starts over."""
+    path = first
+    for part in rest:
+        if part.startswith("/"):
+            path = part
+        elif not path or path.endswith("/"):
+            path += part
+        else:
+            path += "/" + part
+    return path
+
+
+def basename(path: str) -> str:
+    return path[path.rfind("/") + 1 :]
+
+
+def dirname(path: str) -> str:
+    head = path[: path.rfind("/") + 1]
+    if head and head != "/" * len(head):
+        head = head.rstrip("/")
+    return head
+
+
+def _mode(path: str, follow: bool = True) -> int:
+    try:
+        return posix.stat(path).st_mode if follow else posix.lstat(path).st_mode
+    except (OSError, ValueError):
+        return 0
+
+
+def exists(path: str) -> bool:
+    return _mode(path) != 0
+
+
+def isdir(path: str) -> bool:
+    return S_ISDIR(_mode(path))
+
+
+def isfile(path: str) -> bool:
+    return S_ISREG(_mode(path))
+
+
+def islink(path: str) -> bool:
+    return S_ISLNK(_mode(path, follow=False))

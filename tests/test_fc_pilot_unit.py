@@ -230,12 +230,14 @@ def test_overlay_failure_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_find_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flake_pilot import fastos
     from flake_pilot.errors import EngineError
     from flake_pilot.firecracker.pilot import find_binary
 
     exe = tmp_path / "firecracker"
     exe.write_text("#!/bin/sh\n")
-    monkeypatch.setenv("PATH", f"/nonexistent:{tmp_path}")
+    # the launcher reads its environment through fastos.environ (a snapshot taken at import)
+    monkeypatch.setitem(fastos.environ, "PATH", f"/nonexistent:{tmp_path}")
     with pytest.raises(EngineError, match="not found in PATH"):
         find_binary("firecracker")  # not executable yet
     exe.chmod(0o755)
@@ -248,12 +250,13 @@ def test_find_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_boot_timeout_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flake_pilot import fastos
     from flake_pilot.firecracker.pilot import boot_timeout
 
-    monkeypatch.setenv("PILOT_BOOT_TIMEOUT", "2.5")
+    monkeypatch.setitem(fastos.environ, "PILOT_BOOT_TIMEOUT", "2.5")
     assert boot_timeout() == 2.5
     for bad in ("x", "0", "-1", "1e9"):
-        monkeypatch.setenv("PILOT_BOOT_TIMEOUT", bad)
+        monkeypatch.setitem(fastos.environ, "PILOT_BOOT_TIMEOUT", bad)
         with pytest.raises(UsageError, match="PILOT_BOOT_TIMEOUT"):
             boot_timeout()
 

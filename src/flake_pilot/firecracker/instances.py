@@ -14,15 +14,11 @@ caller's and its command line carries this instance's ``--id`` (so a reused PID 
 for our VM). Anything else is stale and is reaped (files, one-shot overlay, our TAP device).
 """
 
-from __future__ import annotations
-
-import errno
 import fcntl
-import os
 import time
 import zlib
 
-from .. import statedir
+from .. import fastos, statedir  # fastos: os without its import cost at launch
 
 
 def short_hash(text: str) -> str:
@@ -101,7 +97,7 @@ def is_vm(pid: int, fc_id: str) -> bool:
         with open(f"{proc}/comm", "rb") as handle:
             if handle.read().strip() != b"firecracker":
                 return False
-        if os.stat(proc).st_uid != os.getuid():
+        if fastos.stat(proc).st_uid != fastos.getuid():
             return False
         with open(f"{proc}/cmdline", "rb") as handle:
             return fc_id.encode() in handle.read().split(b"\0")
@@ -124,8 +120,8 @@ def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
         from . import tap
 
         tap.remove(dev)
-    prefix = os.path.basename(paths.sock) + "_"
-    listeners = [os.path.join(paths.state_dir, n) for n in _names(paths.state_dir) if n.startswith(prefix)]
+    prefix = fastos.basename(paths.sock) + "_"
+    listeners = [fastos.join(paths.state_dir, n) for n in _names(paths.state_dir) if n.startswith(prefix)]
     for path in (paths.vmid, paths.sock, paths.tap_record, paths.log, *listeners):
         statedir.remove_file(path)
     statedir.remove_file(paths.overlay(resume=False))
@@ -135,12 +131,12 @@ def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
 
 def try_lock(path: str) -> int | None:
     """A non-blocking exclusive flock on *path*: the fd, or None when someone holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = fastos.open(path, fastos.O_RDWR | fastos.O_CREAT | fastos.O_NOFOLLOW | fastos.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+        fastos.close(fd)
+        if isinstance(exc, BlockingIOError):  # EWOULDBLOCK: held by someone else
             return None
         raise
     return fd
@@ -148,7 +144,7 @@ def try_lock(path: str) -> int | None:
 
 def lock(path: str) -> int:
     """A blocking exclusive flock on *path* (released when the fd is closed or we die)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = fastos.open(path, fastos.O_RDWR | fastos.O_CREAT | fastos.O_NOFOLLOW | fastos.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
@@ -159,10 +155,10 @@ def gc(state_dir: str) -> list[str]:
     for name in _names(state_dir):
         if not name.endswith(".vmid"):
             continue
-        vmid = os.path.join(state_dir, name)
+        vmid = fastos.join(state_dir, name)
         meta = name[: -len(".vmid")]
         paths = InstancePaths(state_dir, meta)
-        if os.path.islink(vmid):
+        if fastos.islink(vmid):
             statedir.remove_file(vmid)
             continue
         fd = try_lock(paths.lock)
@@ -173,13 +169,13 @@ def gc(state_dir: str) -> list[str]:
                 remove_files(paths, overlay=False)
                 reaped.append(meta)
         finally:
-            os.close(fd)
+            fastos.close(fd)
     return reaped
 
 
 def _names(directory: str) -> list[str]:
     try:
-        return os.listdir(directory)
+        return fastos.listdir(directory)
     except FileNotFoundError:
         return []
 
@@ -192,7 +188,7 @@ def kill(pid: int, fc_id: str, grace: float = 1.0) -> None:
         return
     for sig, wait in ((_signal.SIGTERM, grace), (_signal.SIGKILL, 5.0)):
         try:
-            os.kill(pid, sig)
+            fastos.kill(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait

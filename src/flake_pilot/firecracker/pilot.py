@@ -15,14 +15,13 @@ Modes (from the registration):
                              a new session over vsock; concurrent first calls boot exactly one VM
 """
 
-from __future__ import annotations
-
 import _signal as signal  # the C module: ``signal`` imports enum (~7 ms of start-up)
-import os
 import sys
 
-from .. import debug
-from ..errors import LAUNCHER_EXIT, ConflictError, EngineError, FlakeError, UsageError
+# fastos, not os (~2 ms); no ``from __future__ import annotations`` (~0.5 ms): the annotations
+# that name TYPE_CHECKING-only classes are quoted. flake_pilot.errors is imported where an error
+# is raised or reported, not by a launch that goes well.
+from .. import debug, fastos
 
 TYPE_CHECKING = False  # importing typing costs ~13 ms of launcher start
 if TYPE_CHECKING:
@@ -37,12 +36,14 @@ SUN_PATH_MAX = 107  # bytes in a Unix socket path
 
 def boot_timeout() -> float:
     """Seconds the guest has to answer on vsock (``PILOT_BOOT_TIMEOUT``, default 60)."""
-    text = os.environ.get("PILOT_BOOT_TIMEOUT", "60")
+    text = fastos.environ.get("PILOT_BOOT_TIMEOUT", "60")
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not 0 < value <= 3600:
+        from ..errors import UsageError
+
         raise UsageError(f"PILOT_BOOT_TIMEOUT={text!r}: expected seconds from 0 to 3600")
     return value
 
@@ -82,6 +83,8 @@ def parse_args(app: str, argv: list[str]) -> CallArgs:
             key, _, value = arg[1:].rpartition(":") if ":" in arg else (arg[1:], "", "")
             if key == "port":
                 if not value.isdigit() or not 0 < int(value) < 2**32:
+                    from ..errors import UsageError
+
                     raise UsageError(f"%port:{value}: expected a vsock port number")
                 port = int(value)
             elif key == "progress":
@@ -90,6 +93,8 @@ def parse_args(app: str, argv: list[str]) -> CallArgs:
             args.append(arg)
     meta = "@".join([app, *names])
     if len(meta) > 255 - len("sci_cmd_.sock_4294967295"):
+        from ..errors import UsageError
+
         raise UsageError(f"instance name {meta!r} is too long")
     return CallArgs(meta, args, port, progress)
 
@@ -128,44 +133,46 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
     """
     debug_console = debug.enabled()
     prctl = None if keep else _prctl()
-    parent = os.getpid()
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    parent = fastos.getpid()
+    err_r, err_w = fastos.pipe2(fastos.O_CLOEXEC)
+    pid = fastos.fork()
     if pid == 0:  # child: only async-signal-safe work until exec
         code = 1
         try:
-            os.close(err_r)
+            fastos.close(err_r)
             if prctl is not None:
                 prctl(1, signal.SIGKILL, 0, 0, 0)  # type: ignore[operator]  # PR_SET_PDEATHSIG
-                if os.getppid() != parent:  # the launcher died before prctl took effect
-                    os._exit(1)
+                if fastos.getppid() != parent:  # the launcher died before prctl took effect
+                    fastos._exit(1)
             else:
-                os.setsid()
+                fastos.setsid()
             if not console:
-                null = os.open(os.devnull, os.O_RDWR)
-                os.dup2(null, 0)
-                os.dup2(log_fd if debug_console else null, 1)  # PILOT_DEBUG: guest console in the log
-            os.dup2(log_fd, 2)
-            os.set_inheritable(config_fd, True)
+                null = fastos.open(fastos.devnull, fastos.O_RDWR)
+                fastos.dup2(null, 0)
+                fastos.dup2(log_fd if debug_console else null, 1)  # PILOT_DEBUG: guest console in the log
+            fastos.dup2(log_fd, 2)
+            fastos.set_inheritable(config_fd, True)
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores it; exec would keep that
-            os.execv(argv[0], argv)
+            fastos.execv(argv[0], argv)
         except OSError as exc:
-            os.write(err_w, (exc.strerror or "exec failed").encode())
+            fastos.write(err_w, (exc.strerror or "exec failed").encode())
             code = 127
         finally:
-            os._exit(code)
-    os.close(err_w)
+            fastos._exit(code)
+    fastos.close(err_w)
     try:
-        failure = os.read(err_r, 512)
+        failure = fastos.read(err_r, 512)
     finally:
-        os.close(err_r)
+        fastos.close(err_r)
     if failure:
-        os.waitpid(pid, 0)
+        from ..errors import EngineError
+
+        fastos.waitpid(pid, 0)
         raise EngineError(f"{argv[0]}: cannot start: {failure.decode(errors='replace')}")
     return pid
 
 
-def spawn(paths: InstancePaths, doc: dict[str, object], *, serial: bool, keep: bool, binary: str) -> int:
+def spawn(paths: "InstancePaths", doc: dict[str, object], *, serial: bool, keep: bool, binary: str) -> int:
     """Start firecracker with *doc* through a pipe; record its PID in the instance file."""
     from .. import statedir
     from .vmdef import dumps
@@ -173,23 +180,23 @@ def spawn(paths: InstancePaths, doc: dict[str, object], *, serial: bool, keep: b
     fc = find_binary(binary)
     data = dumps(doc).encode()
     debug.log(f"vm definition: {data.decode()}")
-    r, w = os.pipe()
+    r, w = fastos.pipe()
     try:
-        os.write(w, data)  # ~1 KiB: fits the pipe buffer, firecracker reads it at start
+        fastos.write(w, data)  # ~1 KiB: fits the pipe buffer, firecracker reads it at start
     finally:
-        os.close(w)
+        fastos.close(w)
     statedir.remove_file(paths.sock)  # firecracker refuses an existing UDS path
     # O_APPEND: firecracker writes its own log to the same file
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-    log_fd = os.open(paths.log, flags, 0o600)
+    flags = fastos.O_WRONLY | fastos.O_CREAT | fastos.O_TRUNC | fastos.O_APPEND | fastos.O_NOFOLLOW | fastos.O_CLOEXEC
+    log_fd = fastos.open(paths.log, flags, 0o600)
     argv = [fc, "--no-api", "--id", paths.fc_id, "--config-file", f"/dev/fd/{r}",
             "--log-path", paths.log, "--level", "Warning"]
     debug.log("+ " + " ".join(argv))
     try:
         pid = _start(argv, console=serial, log_fd=log_fd, config_fd=r, keep=keep)
     finally:
-        os.close(r)
-        os.close(log_fd)
+        fastos.close(r)
+        fastos.close(log_fd)
     statedir.write_file(paths.vmid, str(pid))
     debug.log(f"started firecracker pid {pid} for {paths.meta}")
     return pid
@@ -199,26 +206,30 @@ def find_binary(binary: str) -> str:
     """*binary* if it is a path, else the first executable on PATH (runner.which without importing
     subprocess/shutil, a few ms of start-up). Its name must be ``firecracker``: that is how a
     running instance is recognised (/proc/PID/comm), here and by ``flake-ctl firecracker show``."""
-    if os.path.basename(binary) != "firecracker":
+    if fastos.basename(binary) != "firecracker":
+        from ..errors import EngineError
+
         raise EngineError(f"{binary}: the Firecracker binary must be named 'firecracker' (a symlink of that "
                           "name will do), instances are recognised by it")
     candidates = [binary] if "/" in binary else [
-        os.path.join(d or ".", binary) for d in os.environ.get("PATH", os.defpath).split(os.pathsep)]
+        fastos.join(d or ".", binary) for d in fastos.environ.get("PATH", fastos.defpath).split(fastos.pathsep)]
     for path in candidates:
-        if os.path.isfile(path) and os.access(path, os.X_OK):
+        if fastos.isfile(path) and fastos.access(path, fastos.X_OK):
             return path
-    where = "" if "/" in binary else f" in PATH ({os.environ.get('PATH', '')})"
+    from ..errors import EngineError
+
+    where = "" if "/" in binary else f" in PATH ({fastos.environ.get('PATH', '')})"
     raise EngineError(f"{binary}: not found{where}; install Firecracker or set generic.firecracker_binary")
 
 
 def reap(pid: int) -> int:
     """Wait for our firecracker child: shell-style status (128+N when killed by signal N)."""
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    _, status = fastos.waitpid(pid, 0)
+    code = fastos.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
 
 
-def log_reason(paths: InstancePaths) -> str:
+def log_reason(paths: "InstancePaths") -> str:
     """The telling line of firecracker's log, for error messages."""
     try:
         with open(paths.log, "rb") as handle:
@@ -232,7 +243,7 @@ def log_reason(paths: InstancePaths) -> str:
     return lines[-1].split("] ", 1)[-1][:300] if lines else "no log output"
 
 
-def prepare(flake: Plan, paths: InstancePaths, uid: int, resume: bool) -> tuple[str | None, str | None]:
+def prepare(flake: "Plan", paths: "InstancePaths", uid: int, resume: bool) -> tuple[str | None, str | None]:
     """Overlay and TAP device for a new VM: (overlay path, tap name)."""
     from . import vmdef
 
@@ -255,25 +266,26 @@ def prepare(flake: Plan, paths: InstancePaths, uid: int, resume: bool) -> tuple[
     return ov, dev
 
 
-def build(flake: Plan, paths: InstancePaths, call: CallArgs, ov: str | None, dev: str | None,
+def build(flake: "Plan", paths: "InstancePaths", call: CallArgs, ov: str | None, dev: str | None,
           uid: int) -> dict[str, object]:
     from . import vmdef
 
     try:
-        size = os.get_terminal_size(0)
+        size = fastos.get_terminal_size(0)
         winsize = (size.lines, size.columns)
     except OSError:
         winsize = (0, 0)
     inst = vmdef.Instance(call.meta, paths.sock, ov, dev, vmdef.guest_mac(uid, call.meta))
     cmdline = vmdef.boot_args(flake, call.args, overlay=ov is not None, debug=debug.enabled(),
-                              term=os.environ.get("TERM"), winsize=winsize)
+                              term=fastos.environ.get("TERM"), winsize=winsize)
     return vmdef.config(flake, inst, cmdline)
 
 
-def connect(paths: InstancePaths, pid: int, port: int, progress: bool) -> socket:
+def connect(paths: "InstancePaths", pid: int, port: int, progress: bool) -> "socket":
     """Wait for sci to answer on vsock *port* while the VM is alive; the connected socket."""
     import time
 
+    from ..errors import EngineError
     from ..protocol import ProtocolError, connect_firecracker_vsock
     from .instances import is_vm
 
@@ -303,12 +315,12 @@ def connect(paths: InstancePaths, pid: int, port: int, progress: bool) -> socket
             spin.__exit__(None, None, None)
 
 
-def session(flake: Plan, call: CallArgs, sock: socket) -> int:
+def session(flake: "Plan", call: CallArgs, sock: "socket") -> int:
     from ..protocol import Request, run_session, terminal_size
 
-    tty = os.isatty(0)
+    tty = fastos.isatty(0)
     rows, cols = terminal_size(0) if tty else (0, 0)
-    env = {"TERM": os.environ["TERM"]} if tty and os.environ.get("TERM") else {}
+    env = {"TERM": fastos.environ["TERM"]} if tty and fastos.environ.get("TERM") else {}
     req = Request([flake.target_app_path, *call.args], env=env, tty=tty, rows=rows, cols=cols)
     try:
         return run_session(sock, req, 0, 1, 2)
@@ -316,22 +328,26 @@ def session(flake: Plan, call: CallArgs, sock: socket) -> int:
         sock.close()
 
 
-def run_oneshot(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
+def run_oneshot(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int, binary: str) -> int:
     from . import instances
 
     lock_fd = instances.try_lock(paths.lock)
     if lock_fd is None:
+        from ..errors import ConflictError
+
         raise ConflictError(f"instance {call.meta} is in use by another call; start another one with @NAME")
     pid = None
     waited = False
     tty_mode = None
-    if not flake.force_vsock and os.isatty(0):
+    if not flake.force_vsock and fastos.isatty(0):
         import termios  # firecracker makes the console terminal raw and leaves it so when killed
 
         tty_mode = termios.tcgetattr(0)
     try:
         running = instances.running_pid(paths)
         if running:
+            from ..errors import ConflictError
+
             raise ConflictError(f"instance {call.meta} runs as VM pid {running}; use @NAME or stop it")
         instances.remove_files(paths, overlay=False)
         ov, dev = prepare(flake, paths, uid, resume=False)
@@ -342,6 +358,8 @@ def run_oneshot(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, bin
             code = _wait_serial(pid)
             waited = True
             if code > 0 and code < 128:
+                from ..errors import EngineError
+
                 raise EngineError(f"firecracker exited with {code}: {log_reason(paths)}")
             return code
         return session(flake, call, connect(paths, pid, call.port, call.progress))
@@ -350,7 +368,7 @@ def run_oneshot(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, bin
             instances.kill(pid, paths.fc_id, grace=0.2)
             reap(pid)
         instances.remove_files(paths, overlay=False)
-        os.close(lock_fd)
+        fastos.close(lock_fd)
         if tty_mode is not None:
             termios.tcsetattr(0, termios.TCSANOW, tty_mode)
 
@@ -358,14 +376,14 @@ def run_oneshot(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, bin
 def _wait_serial(pid: int) -> int:
     """Wait for the foreground VM; signals to the launcher are passed on to firecracker."""
     def forward(signo: int, _frame: object) -> None:
-        os.kill(pid, signo)
+        fastos.kill(pid, signo)
 
     for signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signo, forward)
     return reap(pid)
 
 
-def run_resume(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, binary: str) -> int:
+def run_resume(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int, binary: str) -> int:
     from . import instances
 
     lock_fd = instances.lock(paths.lock)
@@ -380,7 +398,7 @@ def run_resume(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, bina
         else:
             debug.log(f"reusing VM pid {pid} for {call.meta}")
     finally:
-        os.close(lock_fd)  # not held across sessions: concurrent calls share the VM
+        fastos.close(lock_fd)  # not held across sessions: concurrent calls share the VM
     try:
         sock = connect(paths, pid, call.port, call.progress)
     except BaseException:
@@ -394,7 +412,7 @@ def run_resume(flake: Plan, call: CallArgs, paths: InstancePaths, uid: int, bina
                 except ChildProcessError:
                     pass
                 instances.remove_files(paths, overlay=False)
-                os.close(with_lock)
+                fastos.close(with_lock)
                 debug.log(f"VM pid {pid} removed")
             else:
                 debug.log(f"VM pid {pid} never answered; another call holds {paths.lock}: left to it")
@@ -410,9 +428,11 @@ def launch(app: str, argv: list[str]) -> int:
     with debug.phase("plan"):
         flake = plan.load(app)  # warm: the registration cache, no YAML
     state_dir = statedir.private_dir(flake.ids_dir)
-    uid = os.getuid()
+    uid = fastos.getuid()
     paths = instances.InstancePaths(state_dir, call.meta)
-    if len(os.fsencode(paths.sock)) + len(f"_{call.port}") > SUN_PATH_MAX:
+    if len(fastos.fsencode(paths.sock)) + len(f"_{call.port}") > SUN_PATH_MAX:
+        from ..errors import UsageError
+
         raise UsageError(f"{paths.sock}_{call.port}: longer than a Unix socket path may be; "
                          "use a shorter @NAME or firecracker_ids_dir")
     reaped = instances.gc(state_dir)
@@ -426,39 +446,42 @@ def launch(app: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     argv_given = argv is not None
     argv = list(sys.argv if argv is None else argv)
-    app = os.path.basename(argv[0]) if argv else "firecracker-pilot"
+    app = fastos.basename(argv[0]) if argv else "firecracker-pilot"
     for signo in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signo, _raise_interrupted)
     try:
         if app in ("firecracker-pilot", "") or app.endswith(".py"):
+            from ..errors import UsageError
+
             raise UsageError("firecracker-pilot is started through an app symlink registered with "
                              "`flake-ctl firecracker register`")
         from ..names import app_name
 
         code = launch(app_name(app), argv[1:])
-    except FlakeError as exc:
-        if debug.enabled():
-            import traceback
-
-            traceback.print_exc()
-        sys.stderr.write(f"{app}: {exc}\n")
-        code = LAUNCHER_EXIT
-    except OSError as exc:  # a state or image file the launcher could not use
-        if debug.enabled():
-            import traceback
-
-            traceback.print_exc()
-        where = f"{exc.filename}: " if exc.filename else ""
-        sys.stderr.write(f"{app}: {where}{exc.strerror or exc}\n")
-        code = LAUNCHER_EXIT
     except Interrupted as exc:
         code = 128 + exc.signo
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        from ..errors import LAUNCHER_EXIT, FlakeError
+
+        if isinstance(exc, FlakeError):
+            message = str(exc)
+        elif isinstance(exc, OSError):  # a state or image file the launcher could not use
+            message = f"{exc.filename}: " if exc.filename else ""
+            message += str(exc.strerror or exc)
+        else:
+            raise  # a bug: the traceback
+        if debug.enabled():
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"{app}: {message}\n")
+        code = LAUNCHER_EXIT
     if argv_given:
         sys.exit(code)
     # the console script's entry: the VM is reaped and the instance cleaned up, nothing is left
     # but the interpreter's teardown (ms), so skip it, as podman-pilot does
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    fastos._exit(code)

@@ -7,13 +7,11 @@ launcher's start path: no dataclasses, shlex/re or json imports (``dumps`` is js
 the plain values of a VM definition).
 """
 
-from __future__ import annotations
-
 import zlib
 
-from ..errors import ConfigError, UsageError
-
-TYPE_CHECKING = False  # importing typing costs ~13 ms of launcher start; annotations only
+# importing typing costs ~13 ms of launcher start, __future__ ~0.5 ms: these names are only
+# annotations, quoted; flake_pilot.errors is imported where an error is raised
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
@@ -40,7 +38,7 @@ class Instance:
         self.mac = mac
 
 
-def wants_network(flake: Vm) -> bool:
+def wants_network(flake: "Vm") -> bool:
     """Networking is on iff the boot args configure it (``ip=...``); otherwise no NIC at all."""
     return any(arg.startswith("ip=") for arg in flake.firecracker.boot_args)
 
@@ -63,11 +61,13 @@ def quote(word: str) -> str:
     return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
-def run_command(flake: Vm, args: list[str]) -> str:
+def run_command(flake: "Vm", args: list[str]) -> str:
     """The serial-mode command for sci's ``run=``: shell words, double-quoted on the cmdline."""
     words = [flake.target_app_path, *args]
     for word in words:
         if '"' in word or any(ord(c) < 32 or ord(c) == 127 for c in word):
+            from ..errors import UsageError
+
             raise UsageError(
                 f"{flake.app}: argument {word!r} cannot travel on the serial console's kernel command line "
                 "(no '\"' or control characters); register the flake with force_vsock"
@@ -76,7 +76,7 @@ def run_command(flake: Vm, args: list[str]) -> str:
 
 
 def boot_args(
-    flake: Vm,
+    flake: "Vm",
     args: list[str],
     *,
     overlay: bool,
@@ -113,6 +113,8 @@ def boot_args(
     out.append("run=vsock" if vsock else f'run="{run_command(flake, args)}"')
     cmdline = " ".join(out)
     if len(cmdline.encode()) > CMDLINE_MAX - 128:  # Firecracker appends root=/dev/vda ro virtio_mmio...
+        from ..errors import UsageError
+
         raise UsageError(
             f"{flake.app}: kernel command line is {len(cmdline)} bytes, more than the "
             f"{CMDLINE_MAX - 128} that fit; pass long arguments over vsock (force_vsock)"
@@ -120,12 +122,14 @@ def boot_args(
     return cmdline
 
 
-def config(flake: Vm, inst: Instance, cmdline: str) -> dict[str, Any]:
+def config(flake: "Vm", inst: Instance, cmdline: str) -> "dict[str, Any]":
     """Firecracker's config-file document (``--no-api --config-file``)."""
     fc = flake.firecracker
     for key, value in (("kernel_image_path", fc.kernel_image_path),
                        ("rootfs_image_path", fc.rootfs_image_path)):
         if not value:
+            from ..errors import ConfigError
+
             raise ConfigError(f"{flake.config_file}: key 'vm.runtime.firecracker.{key}' is missing")
     boot: dict[str, Any] = {"kernel_image_path": fc.kernel_image_path, "boot_args": cmdline}
     if fc.initrd_path:

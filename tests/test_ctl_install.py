@@ -152,6 +152,10 @@ def test_installed_launcher_starts_without_site(tmp_path: Path) -> None:
     warm = imported(launch(*traced).stderr)
     assert "flake_pilot.podman.pilot" in warm  # the trace is real
     assert not {"site", "yaml", "_yaml"} & warm, sorted(warm)
+    # what a warm launch does without: os (~2 ms, fastos instead), __future__, typing, the error
+    # classes (imported on failure only) and the heavy stdlib the slow paths use
+    slow = {"os", "__future__", "typing", "flake_pilot.errors", "subprocess", "signal", "enum", "re", "shlex"}
+    assert not slow & warm, sorted(slow & warm)
     shutil.rmtree(cache)
     cold = imported(launch(*traced).stderr)
     assert {"site", "yaml", "flake_pilot.yamlio"} <= cold, sorted(cold)

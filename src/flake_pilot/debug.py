@@ -1,10 +1,9 @@
 """Debug switch shared by every program: ``PILOT_DEBUG=1`` or ``--debug``."""
 
-from __future__ import annotations
-
-import os
 import sys
 import time
+
+from . import fastos
 
 _T0 = time.monotonic()
 _enabled: bool | None = None
@@ -13,14 +12,17 @@ _enabled: bool | None = None
 def enabled() -> bool:
     global _enabled
     if _enabled is None:
-        _enabled = os.environ.get("PILOT_DEBUG", "") not in ("", "0")
+        _enabled = fastos.environ.get("PILOT_DEBUG", "") not in ("", "0")
     return _enabled
 
 
 def enable() -> None:
     global _enabled
     _enabled = True
+    import os  # flake-ctl --debug: os.environ is what its engine calls pass on
+
     os.environ["PILOT_DEBUG"] = "1"
+    fastos.environ["PILOT_DEBUG"] = "1"  # the same mapping, unless fastos was imported first
 
 
 def log(message: str) -> None:
@@ -41,7 +43,7 @@ class phase:  # noqa: N801 - used like a function: ``with debug.phase("name"):``
         self.name = name
         self.start = 0.0
 
-    def __enter__(self) -> phase:
+    def __enter__(self) -> "phase":
         self.start = time.monotonic()
         return self
 

@@ -9,7 +9,7 @@ here). tests/test_ctl_install.py checks that a warm launch imports no ``os``.
 
 import posix
 import sys
-from _stat import S_ISDIR, S_ISLNK, S_ISREG
+from _stat import S_ISDIR, S_ISLNK, S_ISREG, S_ISVTX, S_IWGRP, S_IWOTH  # noqa: F401 - re-exported
 from posix import (  # noqa: F401 - re-exported: what os re-exports from posix (add as needed)
     O_APPEND,
     O_CLOEXEC,
@@ -69,16 +69,17 @@ pathsep = ":"
 _ENCODING = sys.getfilesystemencoding()
 _ERRORS = sys.getfilesystemencodeerrors()
 
-# decoded as os.environ decodes it; a snapshot like os.environ, changed only through putenv()
-environ: dict[str, str] = {
-    key.decode(_ENCODING, _ERRORS): value.decode(_ENCODING, _ERRORS) for key, value in posix.environ.items()
-}
+TYPE_CHECKING = False  # typing is not imported at launch; mypy treats this name as True
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
 
-
-def putenv(key: str, value: str) -> None:
-    """Set a variable here and in the process environment (inherited by children)."""
-    environ[key] = value
-    posix.putenv(fsencode(key), fsencode(value))
+environ: "MutableMapping[str, str]"
+if "os" in sys.modules:  # loaded anyway (flake-ctl, tests): the same mapping, changes included
+    environ = sys.modules["os"].environ
+else:  # a launcher: a snapshot decoded as os.environ decodes it (children get it passed explicitly)
+    environ = {
+        key.decode(_ENCODING, _ERRORS): value.decode(_ENCODING, _ERRORS) for key, value in posix.environ.items()
+    }
 
 
 def fsencode(name: str) -> bytes:

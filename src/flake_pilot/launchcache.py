@@ -17,16 +17,12 @@ own "plan", a dict of plain values) in ``$XDG_CACHE_HOME/flake-pilot/plans/`` (d
   before the parse, and a launch compares it too (as git re-checks "racily clean" entries).
 
 Any mismatch, unreadable or odd file, or any doubt means parsing again. Imports only the stdlib
-modules a launcher has loaded anyway (os, stat, marshal); the slow path imports settings/flakeconf.
+modules a launcher has loaded anyway (posix via fastos, marshal); the slow path imports settings/flakeconf.
 """
 
-from __future__ import annotations
-
 import marshal
-import os
-import stat
 
-from . import debug
+from . import debug, fastos
 
 FORMAT = 3
 RACY_NS = 1_000_000_000
@@ -38,7 +34,7 @@ Entry = tuple[str, Stamp, Digest]
 
 def stamp(path: str) -> Stamp:
     try:
-        st = os.stat(path)
+        st = fastos.stat(path)
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev)
@@ -53,7 +49,7 @@ def digest(path: str) -> Digest:
             data = handle.read(MAX_SIZE)
     except IsADirectoryError:
         try:
-            data = "\0".join(sorted(os.listdir(path))).encode(errors="surrogateescape")
+            data = "\0".join(sorted(fastos.listdir(path))).encode(errors="surrogateescape")
         except OSError:
             return None
     except OSError:
@@ -66,62 +62,64 @@ def _racy(old: Stamp, stored: int) -> bool:
 
 
 def _home() -> str:
-    home = os.environ.get("HOME")
+    home = fastos.environ.get("HOME")
     if home and home.startswith("/"):
         return home
     import pwd
 
     try:
-        return pwd.getpwuid(os.getuid()).pw_dir
+        return pwd.getpwuid(fastos.getuid()).pw_dir
     except KeyError:
         return "/"
 
 
 def cache_dir() -> str | None:
     """``$XDG_CACHE_HOME/flake-pilot/plans`` (None when that is not an absolute path)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(_home(), ".cache")
-    return os.path.join(base, "flake-pilot", "plans") if base.startswith("/") else None
+    base = fastos.environ.get("XDG_CACHE_HOME") or fastos.join(_home(), ".cache")
+    return fastos.join(base, "flake-pilot", "plans") if base.startswith("/") else None
 
 
 def _ours(path: str) -> bool:
     """A real directory (lstat: no symlink), owned by the caller, no group/other access."""
     try:
-        st = os.lstat(path)
+        st = fastos.lstat(path)
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+    return fastos.S_ISDIR(st.st_mode) and st.st_uid == fastos.getuid() and not st.st_mode & 0o077
 
 
 def _tighten(path: str) -> None:
     """An existing cache dir of ours made with a looser umask: take group/other access away."""
     try:
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
-            os.chmod(path, 0o700)
+        st = fastos.lstat(path)
+        if fastos.S_ISDIR(st.st_mode) and st.st_uid == fastos.getuid() and st.st_mode & 0o077:
+            fastos.chmod(path, 0o700)
     except OSError:
         pass
 
 
 def _private(directory: str, create: bool) -> bool:
     if create:
-        for d in (os.path.dirname(directory), directory):
+        for d in (fastos.dirname(directory), directory):
             try:
-                os.mkdir(d, 0o700)
+                fastos.mkdir(d, 0o700)
             except FileExistsError:
                 _tighten(d)
             except OSError:
+                import os
+
                 try:
                     os.makedirs(d, 0o700, exist_ok=True)  # missing parents (~/.cache)
                 except OSError:
                     return False
-    return _ours(os.path.dirname(directory)) and _ours(directory)
+    return _ours(fastos.dirname(directory)) and _ours(directory)
 
 
 def _key(kind: str, shape: int, app: str) -> tuple[object, ...]:
     from . import __version__  # an upgrade may parse differently: never reuse an older plan
 
-    env = os.environ
-    return (FORMAT, __version__, kind, shape, app, os.getuid(), env.get("FLAKES_CONFIG", ""),
+    env = fastos.environ
+    return (FORMAT, __version__, kind, shape, app, fastos.getuid(), env.get("FLAKES_CONFIG", ""),
             env.get("XDG_CONFIG_HOME", ""), env.get("HOME", ""))
 
 
@@ -131,7 +129,7 @@ def _file(directory: str, key: tuple[object, ...]) -> str:
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     app = str(key[4])
     shown = app if app.isprintable() and "/" not in app and len(app) < 128 else "_"  # the hash decides
-    return os.path.join(directory, f"{key[2]}-{shown}-{h:016x}.plan")
+    return fastos.join(directory, f"{key[2]}-{shown}-{h:016x}.plan")
 
 
 def load(kind: str, shape: int, app: str) -> dict[str, object] | None:
@@ -142,14 +140,14 @@ def load(kind: str, shape: int, app: str) -> dict[str, object] | None:
     key = _key(kind, shape, app)
     path = _file(directory, key)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = fastos.open(path, fastos.O_RDONLY | fastos.O_NOFOLLOW | fastos.O_CLOEXEC)
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
-        if st.st_uid != os.getuid() or st.st_mode & 0o077 or st.st_size > MAX_SIZE:
+        st = fastos.fstat(fd)
+        if st.st_uid != fastos.getuid() or st.st_mode & 0o077 or st.st_size > MAX_SIZE:
             return None
-        data = marshal.loads(os.read(fd, st.st_size))
+        data = marshal.loads(fastos.read(fd, st.st_size))
         if not isinstance(data, dict) or data.get("key") != key:
             return None
         stored = data["stored"]
@@ -165,7 +163,7 @@ def load(kind: str, shape: int, app: str) -> dict[str, object] | None:
     except (ValueError, EOFError, TypeError, KeyError, OSError):
         return None
     finally:
-        os.close(fd)
+        fastos.close(fd)
 
 
 def inputs(app: str) -> list[str]:
@@ -205,18 +203,19 @@ def store(kind: str, shape: int, app: str, plan: dict[str, object], before: list
         return
     key = _key(kind, shape, app)
     path = _file(directory, key)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{fastos.getpid()}.tmp"
     try:
         data = marshal.dumps({"key": key, "stored": time.time_ns(), "stamps": before, "plan": plan})
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        flags = fastos.O_WRONLY | fastos.O_CREAT | fastos.O_EXCL | fastos.O_NOFOLLOW | fastos.O_CLOEXEC
+        fd = fastos.open(tmp, flags, 0o600)
         try:
-            os.write(fd, data)
+            fastos.write(fd, data)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fastos.close(fd)
+        fastos.replace(tmp, path)
     except (OSError, ValueError) as exc:
         debug.log(f"registration cache not written: {exc}")
         try:
-            os.unlink(tmp)
+            fastos.unlink(tmp)
         except OSError:
             pass

@@ -5,12 +5,7 @@ The launchers import this module on every call: heavy modules (subprocess, shuti
 are imported only inside the functions that need them.
 """
 
-from __future__ import annotations
-
-import os
-
-from . import debug
-from .errors import EngineError
+from . import debug, fastos
 
 TYPE_CHECKING = False  # typing costs milliseconds at launch; mypy treats this name as True
 if TYPE_CHECKING:
@@ -28,7 +23,7 @@ def bound_engine_calls(default: float = 600.0) -> float:
     compose; never the app itself, which runs via spawn/exec) fails with EngineError after
     ``$PILOT_ENGINE_TIMEOUT`` seconds (default *default*) instead of hanging forever."""
     global _default_timeout
-    value = os.environ.get(ENGINE_TIMEOUT_VAR, "")
+    value = fastos.environ.get(ENGINE_TIMEOUT_VAR, "")
     try:
         seconds = float(value) if value else default
     except ValueError:
@@ -40,36 +35,44 @@ def bound_engine_calls(default: float = 600.0) -> float:
 def which(program: str) -> str:
     """Absolute path of *program* (PATH lookup), or EngineError naming it."""
     if "/" in program:
-        if os.access(program, os.X_OK):
+        if fastos.access(program, fastos.X_OK):
             return program
-        raise EngineError(f"{program}: not found or not executable")
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        candidate = os.path.join(directory or ".", program)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+        _fail(f"{program}: not found or not executable")
+    for directory in fastos.environ.get("PATH", fastos.defpath).split(fastos.pathsep):
+        candidate = fastos.join(directory or ".", program)
+        if fastos.access(candidate, fastos.X_OK) and not fastos.isdir(candidate):
             return candidate
-    raise EngineError(f"{program}: not found in PATH ({os.environ.get('PATH', '')})")
+    _fail(f"{program}: not found in PATH ({fastos.environ.get('PATH', '')})")
 
 
-def _env(overrides: Mapping[str, str] | None) -> dict[str, str] | None:
+def _fail(message: str) -> "NoReturn":
+    from .errors import EngineError  # only on failure: a launch does not import the errors
+
+    raise EngineError(message)
+
+
+def _env(overrides: "Mapping[str, str] | None") -> dict[str, str] | None:
     if not overrides:
         return None
-    env = dict(os.environ)
+    env = dict(fastos.environ)
     env.update(overrides)
     return env
 
 
 def run(
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     *,
-    env: Mapping[str, str] | None = None,
+    env: "Mapping[str, str] | None" = None,
     capture: bool = True,
     check: bool = True,
     timeout: float | None = None,
     stdin: int | None = DEVNULL,
     input_bytes: bytes | None = None,
-) -> subprocess.CompletedProcess[bytes]:
+) -> "subprocess.CompletedProcess[bytes]":
     """Run argv; with *check*, a non-zero exit raises EngineError with the first stderr line."""
     import subprocess
+
+    from .errors import EngineError
 
     argv = list(argv)
     if timeout is None:
@@ -112,7 +115,7 @@ def first_line(data: bytes | None) -> str:
     return lines[-1] if lines else "(no error output)"
 
 
-def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> NoReturn:
+def exec_replace(argv: "Sequence[str]", env: "Mapping[str, str] | None" = None) -> "NoReturn":
     """Replace this process with argv: exit status, streams, signals and TTY stay native."""
     import _signal
 
@@ -123,19 +126,19 @@ def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> N
         _signal.signal(signum, _signal.SIG_DFL)
     try:
         if env is None:
-            os.execv(argv[0], argv)
-        os.execve(argv[0], argv, dict(env))
+            fastos.execv(argv[0], argv)
+        fastos.execve(argv[0], argv, dict(env))
     except OSError as exc:
-        raise EngineError(f"{argv[0]}: cannot execute: {exc.strerror}") from exc
+        _fail(f"{argv[0]}: cannot execute: {exc.strerror}")
 
 
-def _join(argv: Sequence[str]) -> str:
+def _join(argv: "Sequence[str]") -> str:
     import shlex
 
     return shlex.join(argv)
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, new_session: bool = False,
+def spawn(argv: "Sequence[str]", env: "Mapping[str, str] | None" = None, new_session: bool = False,
           stdin_null: bool = False) -> int:
     """Start argv as a child sharing our stdio (posix_spawn, no shell); returns its pid.
 
@@ -148,12 +151,12 @@ def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, new_session
     argv = list(argv)
     if debug.enabled():
         debug.log("spawn " + _join(argv))
-    env = dict(env) if env is not None else os.environ
+    env = dict(env) if env is not None else fastos.environ
     # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec (down to the container's
     # app), so restore the defaults like subprocess's restore_signals does.
     default = (_signal.SIGPIPE, _signal.SIGXFSZ)
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)] if stdin_null else []
+    actions = [(fastos.POSIX_SPAWN_OPEN, 0, fastos.devnull, fastos.O_RDONLY, 0)] if stdin_null else []
     try:
-        return os.posix_spawn(argv[0], argv, env, setsid=new_session, setsigdef=default, file_actions=actions)
+        return fastos.posix_spawn(argv[0], argv, env, setsid=new_session, setsigdef=default, file_actions=actions)
     except OSError as exc:
-        raise EngineError(f"{argv[0]}: cannot execute: {exc.strerror}") from exc
+        _fail(f"{argv[0]}: cannot execute: {exc.strerror}")

@@ -4,9 +4,7 @@ Caller arguments: ``@NAME`` picks an instance, ``%option`` sets a launcher optio
 ``%%x`` pass a literal ``@x`` / ``%x`` to the app; everything else goes to the app in order.
 """
 
-from __future__ import annotations
-
-import os
+from .. import fastos
 
 TYPE_CHECKING = False  # typing is not imported at launch; mypy treats this name as True
 if TYPE_CHECKING:
@@ -28,7 +26,7 @@ class CallerArgs:
         self.instance, self.options, self.app_args = instance, options, app_args
 
 
-def split_caller_args(args: Sequence[str], validate: Callable[[str], str] | None = None) -> CallerArgs:
+def split_caller_args(args: "Sequence[str]", validate: "Callable[[str], str] | None" = None) -> CallerArgs:
     """Sort caller args into instance name, launcher options and app args.
 
     Every ``@NAME`` is validated (first one wins, as in the original); an unknown ``%x`` is an
@@ -65,7 +63,7 @@ def _is_var_char(ch: str) -> bool:
     return "A" <= ch <= "Z" or ch == "_" or "0" <= ch <= "9"
 
 
-def expand_vars(text: str, env: Mapping[str, str]) -> str:
+def expand_vars(text: str, env: "Mapping[str, str]") -> str:
     """Replace ``%VAR`` (``[A-Z_][A-Z0-9_]*``) by the caller's environment value.
 
     One pass: values are inserted literally and never expanded again, so the work is bounded.
@@ -96,7 +94,7 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
     return result
 
 
-def split_opts(opts: Sequence[str]) -> list[str]:
+def split_opts(opts: "Sequence[str]") -> list[str]:
     """Each ``runtime.podman`` entry is split at its FIRST space into at most two argv items
     (``"--volume /a:/b"`` -> ``["--volume", "/a:/b"]``), exactly like the original."""
     items: list[str] = []
@@ -113,7 +111,7 @@ def _volume_host(spec: str) -> str | None:
     return host if host.startswith("/") else None  # named volumes are podman's business
 
 
-def drop_missing_volumes(items: Sequence[str], exists: Callable[[str], bool] = os.path.exists) -> list[str]:
+def drop_missing_volumes(items: "Sequence[str]", exists: "Callable[[str], bool]" = fastos.exists) -> list[str]:
     """``%ignore_missing_volume_path``: drop volume options whose host path does not exist.
 
     Handles ``--volume=/p:/c``, ``-v=/p:/c`` and the two-item forms ``--volume /p:/c``,
@@ -140,7 +138,7 @@ def drop_missing_volumes(items: Sequence[str], exists: Callable[[str], bool] = o
     return out
 
 
-def user_opts(items: Sequence[str]) -> list[str]:
+def user_opts(items: "Sequence[str]") -> list[str]:
     """Registration options minus the TTY flags the launcher decides itself."""
     return [item for item in items if item not in TTY_FLAGS]
 
@@ -160,7 +158,7 @@ def init_flag(tty: bool) -> list[str]:
 
 
 def run_argv(
-    prefix: Sequence[str], image: str, target: str, opts: Sequence[str], app_args: Sequence[str],
+    prefix: "Sequence[str]", image: str, target: str, opts: "Sequence[str]", app_args: "Sequence[str]",
     tty: bool, cidfile: str, pidfile: str,
 ) -> list[str]:
     """One-shot: ``podman run --rm`` (removed at exit).
@@ -178,7 +176,7 @@ def run_argv(
 
 
 def create_argv(
-    prefix: Sequence[str], image: str, target: str, opts: Sequence[str], app_args: Sequence[str],
+    prefix: "Sequence[str]", image: str, target: str, opts: "Sequence[str]", app_args: "Sequence[str]",
     tty: bool, cidfile: str, pidfile: str,
 ) -> list[str]:
     """Attach mode: a kept container running the app, started with ``start --attach``."""
@@ -190,7 +188,7 @@ def create_argv(
 
 
 def resume_create_argv(
-    prefix: Sequence[str], image: str, opts: Sequence[str], cidfile: str, pidfile: str
+    prefix: "Sequence[str]", image: str, opts: "Sequence[str]", cidfile: str, pidfile: str
 ) -> list[str]:
     """Resume: a long-lived instance idling in catatonit's pause mode (no ``sleep`` needed)."""
     return [*prefix, "run", "-d", "--init", "--pull=missing", "--cidfile", cidfile,
@@ -198,7 +196,7 @@ def resume_create_argv(
 
 
 def exec_argv(
-    prefix: Sequence[str], cid: str, target: str, app_args: Sequence[str], tty: bool, session: str,
+    prefix: "Sequence[str]", cid: str, target: str, app_args: "Sequence[str]", tty: bool, session: str,
 ) -> list[str]:
     """Resume: run the app in the instance; *session* tags it so signals can be forwarded."""
     return [*prefix, "exec", *tty_flags(tty), "-e", f"{SESSION_VAR}={session}", cid, target, *app_args]

@@ -7,12 +7,9 @@ This costs no engine call and survives PID reuse. One-shot instances without ``@
 their files are garbage collected once conmon is gone.
 """
 
-from __future__ import annotations
-
-import os
 import time
 
-from .. import statedir
+from .. import fastos, statedir
 
 ONESHOT_MARK = "@+"
 GC_GRACE_S = 60.0  # a .cid without .pid this young may belong to a launch in progress
@@ -48,7 +45,7 @@ def name(app: str, instance: str | None, oneshot: bool) -> str:
     if instance is not None:
         return f"{app}@{instance}"
     if oneshot:
-        return f"{app}{ONESHOT_MARK}{os.urandom(6).hex()}"
+        return f"{app}{ONESHOT_MARK}{fastos.urandom(6).hex()}"
     return app
 
 
@@ -90,13 +87,13 @@ def tighten(paths: Paths) -> None:
     symlink). They already sit in a 0700 directory: this keeps them private if it is ever copied."""
     for path in (paths.cid, paths.pid):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = fastos.open(path, fastos.O_RDONLY | fastos.O_NOFOLLOW | fastos.O_CLOEXEC)
         except OSError:
             continue
         try:
-            os.fchmod(fd, 0o600)
+            fastos.fchmod(fd, 0o600)
         finally:
-            os.close(fd)
+            fastos.close(fd)
 
 
 def clear(paths: Paths) -> None:
@@ -138,7 +135,7 @@ def children(pid: int) -> list[int]:
 def gc(directory: str) -> int:
     """Remove the files of finished one-shot instances; returns how many were removed."""
     try:
-        entries = os.listdir(directory)
+        entries = fastos.listdir(directory)
     except OSError:
         return 0
     removed = 0
@@ -148,11 +145,17 @@ def gc(directory: str) -> int:
             continue
         paths = Paths(directory, entry[: -len(".cid")])
         try:
-            st = os.lstat(paths.cid)
+            st = fastos.lstat(paths.cid)
             cid = read_cid(paths.cid)
             pid = conmon_pid(paths)
-        except (OSError, statedir.SecurityError):
+        except OSError:
             continue
+        except Exception as exc:  # a planted symlink: not ours to remove
+            from ..errors import SecurityError
+
+            if isinstance(exc, SecurityError):
+                continue
+            raise
         if pid and runs(pid, cid):
             continue
         if pid == 0 and now - st.st_mtime < GC_GRACE_S:

@@ -9,13 +9,9 @@ Where podman does not forward signals (exec, -t, attach) the launcher stays the 
 forwards them (proc.py). Any failure of the launcher itself exits 125 with one line on stderr.
 """
 
-from __future__ import annotations
-
-import os
 import sys
 
-from .. import debug
-from ..errors import LAUNCHER_EXIT, FlakeError
+from .. import debug, fastos
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,25 +28,24 @@ def _validate_instance(name: str) -> str:
     return instance_name(name)
 
 
-def _opts(p: Plan, caller: CallerArgs, env: dict[str, str]) -> list[str]:
-    from ..errors import ConfigError
+def _opts(p: "Plan", caller: "CallerArgs", env: dict[str, str]) -> list[str]:
     from .argv import drop_missing_volumes, expand_vars, split_opts, user_opts
 
     items = []
     for item in split_opts(p.opts):
         try:
             items.append(expand_vars(item, env))
-        except KeyError as exc:
-            raise ConfigError(f"{p.config_file}: key 'container.runtime.podman': {item!r}: "
-                              f"%{exc.args[0]} is not set in the environment") from None
-        except ValueError as exc:
-            raise ConfigError(f"{p.config_file}: key 'container.runtime.podman': {item!r}: {exc}") from None
+        except (KeyError, ValueError) as exc:
+            from ..errors import ConfigError
+
+            why = f"%{exc.args[0]} is not set in the environment" if isinstance(exc, KeyError) else str(exc)
+            raise ConfigError(f"{p.config_file}: key 'container.runtime.podman': {item!r}: {why}") from None
     if "ignore_missing_volume_path" in caller.options:
         items = drop_missing_volumes(items)
     return user_opts(items)
 
 
-def _progress(caller: CallerArgs, label: str) -> AbstractContextManager[object]:
+def _progress(caller: "CallerArgs", label: str) -> "AbstractContextManager[object]":
     if "progress" not in caller.options:
         return _Null()
     from .. import progress
@@ -68,25 +63,30 @@ class _Null:
 
 def launch(app: str, args: list[str]) -> int:
     from .. import runner, statedir
-    from ..errors import ConfigError, SecurityError, UsageError
     from . import argv, plan
 
     if app in ("podman-pilot", "") or app.startswith("."):
+        from ..errors import UsageError
+
         raise UsageError("call podman-pilot through an app symlink "
                          "(flake-ctl podman register --app /usr/bin/NAME ...)")
     with debug.phase("plan"):
         p = plan.load(app)
-    if not p.user_mode and os.getuid() != 0:
+    if not p.user_mode and fastos.getuid() != 0:
+        from ..errors import SecurityError
+
         raise SecurityError(
             f"{p.config_file}: runas root: this system flake uses root's podman storage; run it as root "
             f"(e.g. sudo {app}) or register your own: flake-ctl podman --user register ...")
     try:
         caller = argv.split_caller_args(args, _validate_instance)
     except ValueError as exc:
+        from ..errors import UsageError
+
         raise UsageError(str(exc)) from None
     podman = runner.which(p.podman)
     runner.bound_engine_calls()  # a hanging engine fails the launch; the app itself is never bounded
-    env = dict(os.environ)
+    env = dict(fastos.environ)
     if p.storage_conf:
         env["CONTAINERS_STORAGE_CONF"] = p.storage_conf
     opts = _opts(p, caller, env)
@@ -112,10 +112,12 @@ def launch(app: str, args: list[str]) -> int:
     # the terminal, so `app 2>log` would lose the separation
     from .proc import in_background
 
-    tty = "interactive" in caller.options or (os.isatty(0) and os.isatty(1) and os.isatty(2))
+    tty = "interactive" in caller.options or (fastos.isatty(0) and fastos.isatty(1) and fastos.isatty(2))
     tty = tty and not in_background()
     if p.resume:
         if p.target == "/":
+            from ..errors import ConfigError
+
             raise ConfigError(f"{p.config_file}: key 'container.target_app_path': resume mode needs the "
                               "program to run in the instance, not '/'")
         return _resume(p, caller, prefix, env, image, opts, state, tty)
@@ -124,9 +126,8 @@ def launch(app: str, args: list[str]) -> int:
     return _oneshot(p, caller, prefix, env, image, opts, state, tty)
 
 
-def _oneshot(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str], image: str,
+def _oneshot(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, str], image: str,
              opts: list[str], state: str, tty: bool) -> int:
-    from ..errors import ConflictError
     from . import argv, instance
 
     paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=True))
@@ -135,6 +136,8 @@ def _oneshot(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str]
     if caller.instance is not None:
         cid = instance.alive(paths)
         if cid:
+            from ..errors import ConflictError
+
             raise ConflictError(f"{paths.cid}: instance {p.app}@{caller.instance} is running (container "
                                 f"{cid[:12]}); use another @NAME")
         instance.clear(paths)  # left by a crash: never blocks a launch
@@ -147,7 +150,7 @@ def _oneshot(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str]
     return code
 
 
-def _resume(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str], image: str,
+def _resume(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, str], image: str,
             opts: list[str], state: str, tty: bool) -> int:
     from .. import statedir
     from . import argv, instance, proc
@@ -164,7 +167,7 @@ def _resume(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str],
             if cid is None:
                 with _progress(caller, f"starting {p.app}"):
                     cid = _start_resume(prefix, env, image, opts, paths, wanted)
-    session = f"{os.getpid()}-{os.urandom(6).hex()}"
+    session = f"{fastos.getpid()}-{fastos.urandom(6).hex()}"
     cmd = argv.exec_argv(prefix, cid, p.target, caller.app_args, tty, session)
     debug.timing()
     code = proc.supervise(cmd, env, proc.by_session(argv.SESSION_VAR, session))
@@ -185,7 +188,7 @@ def _busy(prefix: list[str], env: dict[str, str], cid: str) -> bool:
     return busy
 
 
-def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: Paths,
+def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: "Paths",
                   wanted: str) -> str:
     """Restart a stopped instance (its files are kept), or create a fresh one."""
     from .. import runner, statedir
@@ -216,7 +219,7 @@ def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list
     return cid
 
 
-def _attach(p: Plan, caller: CallerArgs, prefix: list[str], env: dict[str, str], image: str,
+def _attach(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, str], image: str,
             opts: list[str], state: str, tty: bool) -> int:
     from .. import runner, statedir
     from ..errors import EngineError
@@ -255,7 +258,7 @@ LAUNCH_LABEL = "io.flake-pilot.launch"
 
 
 def _launch_label() -> str:
-    return f"{LAUNCH_LABEL}={os.getpid()}-{os.urandom(6).hex()}"
+    return f"{LAUNCH_LABEL}={fastos.getpid()}-{fastos.urandom(6).hex()}"
 
 
 def _remove_failed(prefix: list[str], env: dict[str, str], cid: str, label: str) -> None:
@@ -268,7 +271,7 @@ def _remove_failed(prefix: list[str], env: dict[str, str], cid: str, label: str)
         runner.run([*prefix, "rm", "-f", "-t", "0", "--filter", f"label={label}"], env=env, check=False)
 
 
-def _remove(prefix: list[str], env: dict[str, str], cid: str, paths: Paths) -> None:
+def _remove(prefix: list[str], env: dict[str, str], cid: str, paths: "Paths") -> None:
     from .. import runner
     from . import instance
 
@@ -277,11 +280,21 @@ def _remove(prefix: list[str], env: dict[str, str], cid: str, paths: Paths) -> N
 
 
 def main() -> int:
-    app = os.path.basename(sys.argv[0])
+    app = fastos.basename(sys.argv[0])
     who = app if app.isprintable() else ascii(app)  # a symlink name with a newline: still one line
     try:
         code = launch(app, sys.argv[1:])
-    except FlakeError as exc:
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{who}: interrupted\n")
+        return 130
+    except Exception as exc:
+        from ..errors import LAUNCHER_EXIT, FlakeError  # only on failure: not imported at launch
+
+        if not isinstance(exc, FlakeError):  # a bug: still one line, the traceback with PILOT_DEBUG=1
+            if debug.enabled():
+                raise
+            sys.stderr.write(f"{who}: internal error: {type(exc).__name__}: {exc} (PILOT_DEBUG=1 shows more)\n")
+            return LAUNCHER_EXIT
         if debug.enabled():
             import traceback
 
@@ -289,19 +302,11 @@ def main() -> int:
         message = str(exc).replace("\n", " ")
         sys.stderr.write(f"{who}: {message}\n")
         return LAUNCHER_EXIT
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{who}: interrupted\n")
-        return 130
-    except Exception as exc:  # a bug: still one line, the traceback with PILOT_DEBUG=1
-        if debug.enabled():
-            raise
-        sys.stderr.write(f"{who}: internal error: {type(exc).__name__}: {exc} (PILOT_DEBUG=1 shows more)\n")
-        return LAUNCHER_EXIT
     # main() is the process entry point (console script; in-process callers use launch()): the
     # app's status is known and nothing is buffered, so skip the interpreter's teardown (ms)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    fastos._exit(code)
 
 
 if __name__ == "__main__":

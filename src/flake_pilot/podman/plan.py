@@ -6,8 +6,6 @@ budget. ``load`` takes the plan from the launchers' shared registration cache
 or parses the registration (flakeconf, settings) and stores the result there.
 """
 
-from __future__ import annotations
-
 from .. import launchcache
 
 KIND = "podman"

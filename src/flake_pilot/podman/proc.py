@@ -8,13 +8,10 @@ process on the host (found via /proc, no engine call) and exit with the engine's
 which is the app's. SIGWINCH goes to the engine, which resizes the container's terminal.
 """
 
-from __future__ import annotations
-
 import _signal as signal  # the C module: the signal wrapper would import enum (milliseconds)
-import os
 import time
 
-from .. import runner
+from .. import fastos, runner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,14 +21,14 @@ FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.
 FIND_DEADLINE_S = 10.0  # a signal that arrives while the app is still starting waits this long
 
 
-def by_session(var: str, token: str) -> Callable[[], list[int]]:
+def by_session(var: str, token: str) -> "Callable[[], list[int]]":
     """Finder for ``podman exec`` sessions: the topmost processes whose environment holds
     ``var=token`` (the app; its children inherit the variable)."""
     needle = f"{var}={token}".encode()
 
     def find() -> list[int]:
         found: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
+        for entry in fastos.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
@@ -49,7 +46,7 @@ def by_session(var: str, token: str) -> Callable[[], list[int]]:
     return find
 
 
-def by_conmon(pidfile: str, cidfile: str) -> Callable[[], list[int]]:
+def by_conmon(pidfile: str, cidfile: str) -> "Callable[[], list[int]]":
     """Finder for run/start/attach: the container's init (catatonit, which passes the signal
     on to the app), i.e. the child of the container's conmon."""
     from . import instance
@@ -71,12 +68,12 @@ def in_background() -> bool:
     program reading it would be stopped (SIGTTIN); the engine, in its own session, would steal
     the shell's keystrokes instead, so it gets /dev/null (and no terminal)."""
     try:
-        return os.isatty(0) and os.tcgetpgrp(0) != os.getpgrp()
+        return fastos.isatty(0) and fastos.tcgetpgrp(0) != fastos.getpgrp()
     except OSError:  # not our controlling terminal
         return False
 
 
-def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], list[int]],
+def supervise(argv: "Sequence[str]", env: "Mapping[str, str]", find: "Callable[[], list[int]]",
               stdin_null: bool | None = None) -> int:
     """Run argv in a new session, forward signals to find()'s processes, return the exit code.
 
@@ -96,7 +93,7 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
         if status is not None:
             return True
         try:
-            done, st = os.waitpid(child[0], 0 if block else os.WNOHANG)
+            done, st = fastos.waitpid(child[0], 0 if block else fastos.WNOHANG)
         except ChildProcessError:
             return True
         if done:
@@ -109,7 +106,7 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
             return
         if signum == signal.SIGWINCH:  # to the engine's whole group: rootless podman re-execs
             try:                         # itself into the user namespace as a child process
-                os.killpg(child[0], signum)
+                fastos.killpg(child[0], signum)
             except OSError:
                 pass
             return
@@ -140,7 +137,7 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], find: Callable[[], li
     for signum in pending:
         forward(signum, None)
     poller = select.poll()
-    poller.register(os.pidfd_open(child[0]), select.POLLIN)
+    poller.register(fastos.pidfd_open(child[0]), select.POLLIN)
     stdout_pipe = _is_pipe(1)
     if stdout_pipe:
         poller.register(1, 0)  # only POLLERR: the reading end was closed
@@ -165,14 +162,14 @@ def _restore() -> None:
 
 def _kill(pid: int, signum: int) -> None:
     try:
-        os.kill(pid, signum)
+        fastos.kill(pid, signum)
     except OSError:
         pass
 
 
 def _is_pipe(fd: int) -> bool:
     try:
-        return (os.fstat(fd).st_mode & 0o170000) == 0o010000  # S_IFIFO
+        return (fastos.fstat(fd).st_mode & 0o170000) == 0o010000  # S_IFIFO
     except OSError:
         return False
 
@@ -204,5 +201,5 @@ def is_pid1_without_handler(pid: int, signum: int) -> bool:
 def exit_code(status: int | None) -> int:
     if status is None:
         return 125
-    code = os.waitstatus_to_exitcode(status)
+    code = fastos.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code

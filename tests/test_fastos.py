@@ -60,3 +60,12 @@ def test_launcher_snapshot_decodes_like_os_environ_without_importing_os() -> Non
                           timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(" ", 2) == ["False", "True", repr("caf\udce9 \u00e9") + "\n"]
+
+
+def test_stat_helpers_match_the_stat_module() -> None:
+    import stat
+
+    for mode in (0o40755, 0o41777, 0o100644, 0o120777, 0o20666, 0o10600, 0o140755, 0o60660):
+        got = (fastos.S_ISDIR(mode), fastos.S_ISREG(mode), fastos.S_ISLNK(mode))
+        assert got == (stat.S_ISDIR(mode), stat.S_ISREG(mode), stat.S_ISLNK(mode)), oct(mode)
+    assert (fastos.S_ISVTX, fastos.S_IWGRP, fastos.S_IWOTH) == (stat.S_ISVTX, stat.S_IWGRP, stat.S_IWOTH)

@@ -114,6 +114,13 @@ def test_deb_contents(debs: tuple[Path, Path]) -> None:
         "/etc/flakes/storage.conf",
     ):
         assert path in files, f"{path} missing from {debs[0].name}"
+    # the app launchers start without site (like `make install`'s), the package's modules named
+    extracted = debs[0].parent / "extracted"
+    run(["dpkg-deb", "-x", str(debs[0]), str(extracted)])
+    for launcher, engine in (("podman-pilot", "podman"), ("firecracker-pilot", "firecracker")):
+        lines = (extracted / "usr/bin" / launcher).read_text().splitlines()
+        assert lines[0] == "#!/usr/bin/python3 -IS", lines
+        assert f"from flake_pilot.{engine}.pilot import main" in lines
     control = debs[0].parent / "control"
     run(["dpkg-deb", "-e", str(debs[0]), str(control)])
     conffiles = (control / "conffiles").read_text().split()

@@ -1,12 +1,13 @@
 """podman-pilot: every container flake is a symlink to this launcher.
 
 The symlink's name selects the registration. Modes:
-- one-shot: one ``podman run --rm``; without a terminal the launcher *becomes* podman (exec),
-  so exit status, streams and signals (podman's sig-proxy) are podman's own;
+- one-shot: one ``podman run --rm`` (removed at exit);
 - resume: one long-lived instance per app/@NAME, each call one ``podman exec``;
 - attach: a kept container, re-attached (``attach``) or restarted (``start --attach``).
-Where podman does not forward signals (exec, -t, attach) the launcher stays the parent and
-forwards them (proc.py). Any failure of the launcher itself exits 125 with one line on stderr.
+In every mode the launcher stays podman's parent and delivers signals to the app itself
+(proc.py): podman does not forward them for exec, -t or attach, and an app running as the
+container's PID 1 would ignore them. Any failure of the launcher itself exits 125 with one
+line on stderr. A warm launch imports only the stdlib's built-in modules (fastos instead of os).
 """
 
 import sys

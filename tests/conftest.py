@@ -34,6 +34,13 @@ def _podman_settings() -> None:
     os.environ.pop("PILOT_DEBUG", None)
 
 
+def imported(stderr: str) -> set[str]:
+    """Module names in ``-X importtime`` output (``import time: self | cumulative | name``)."""
+    return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")} - {
+        "package"
+    }
+
+
 def storage_conf(root: Path) -> Path:
     """A podman storage.conf whose graphroot/runroot live under *root*."""
     root.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import imported
+
 ROOT = Path(__file__).resolve().parent.parent
 HOSTPY = "/usr/bin/python3"
 
@@ -102,13 +104,6 @@ def test_installed_programs_run(tmp_path: Path) -> None:
     )
     assert listed.stdout.splitlines()[1].startswith("hello,podman,")
     shutil.rmtree(prefix)
-
-
-def imported(stderr: str) -> set[str]:
-    """Module names in ``-X importtime`` output (``import time: self | cumulative | name``)."""
-    return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")} - {
-        "package"
-    }
 
 
 def test_installed_launcher_starts_without_site(tmp_path: Path) -> None:

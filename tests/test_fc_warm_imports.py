@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import imported
+
 pytest_plugins = ["firecracker_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTPY = "/usr/bin/python3"
 NOT_AT_LAUNCH = {"os", "__future__", "typing", "subprocess", "yaml", "_yaml", "site"}
-
-
-def imported(stderr: str) -> set[str]:
-    return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")}
 
 
 def test_installed_launcher_warm_launch_imports(tmp_path: Path, kvm: None, firecracker_bin: Path,

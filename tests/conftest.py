@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,22 @@ def imported(stderr: str) -> set[str]:
     return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")} - {
         "package"
     }
+
+
+def check_preload(trace: Callable[[], set[str]], lib: Path, warm: tuple[str, ...]) -> None:
+    """An installed launcher (package in *lib*) preloads its warm modules (flake_pilot._preload):
+    a traced warm launch imports none of them through the import system. With the first one's
+    .pyc stale (its source touched), preloading stops and the import system loads the rest: the
+    launch still works and imports exactly the modules of *warm*, the launcher's preload list."""
+    names = {"flake_pilot." + p.removesuffix("/__init__").replace("/", ".") for p in warm}
+    first = lib / "flake_pilot" / f"{warm[0]}.py"
+    warm_trace = trace()
+    assert "flake_pilot" in warm_trace, sorted(warm_trace)  # the trace is real
+    assert not {m for m in warm_trace if m.startswith("flake_pilot.")}, sorted(warm_trace)
+    st = first.stat()
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    stale_trace = trace()
+    assert {m for m in stale_trace if m.startswith("flake_pilot.")} == names, sorted(stale_trace)
 
 
 def storage_conf(root: Path) -> Path:

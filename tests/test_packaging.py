@@ -120,7 +120,7 @@ def test_deb_contents(debs: tuple[Path, Path]) -> None:
     for launcher, engine in (("podman-pilot", "podman"), ("firecracker-pilot", "firecracker")):
         lines = (extracted / "usr/bin" / launcher).read_text().splitlines()
         assert lines[0] == "#!/usr/bin/python3 -IS", lines
-        assert f"from flake_pilot.{engine}.pilot import main" in lines
+        assert f"from flake_pilot import {engine}_pilot" in lines and f"sys.exit({engine}_pilot())" in lines
     control = debs[0].parent / "control"
     run(["dpkg-deb", "-e", str(debs[0]), str(control)])
     conffiles = (control / "conffiles").read_text().split()

@@ -13,12 +13,12 @@ import zlib
 # annotations, quoted; flake_pilot.errors is imported where an error is raised
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeAlias
 
     from ..flakeconf import VmFlake
     from .plan import Plan
 
-    Vm = VmFlake | Plan
+    Vm: TypeAlias = VmFlake | Plan
 
 CMDLINE_MAX = 2048  # Firecracker's x86-64 kernel command line limit (bytes, incl. what it appends)
 GUEST_CID = 3

@@ -39,6 +39,33 @@ def test_fresh_registration_is_cached_and_a_same_stamp_rewrite_is_seen(
     assert plan.load("app").image == "img2"
 
 
+def test_a_racy_plan_is_stored_again_once_its_inputs_are_old(reg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan stored right after its registration was written checks the files' contents on every
+    launch; once every input is more than a second older than a launch that verified them, that
+    launch stores the plan again, and later launches trust the stamps alone (like git refreshing
+    its index)."""
+    import marshal
+
+    plan.load("app")
+    [cached] = (reg.parent / "cache" / "flake-pilot" / "plans").glob("podman-app-*.plan")
+    read: list[str] = []
+    real_digest = launchcache.digest
+    monkeypatch.setattr(launchcache, "digest", lambda p: read.append(p) or real_digest(p))
+    assert plan.cached("app") is not None and read  # racy: contents compared, not stored again
+    first = marshal.loads(cached.read_bytes())["stored"]
+    later = launchcache.time_ns() + 2 * launchcache.RACY_NS  # as if two seconds had passed
+    monkeypatch.setattr(launchcache, "time_ns", lambda: later)
+    read.clear()
+    assert plan.cached("app") is not None and read  # verified once more, then stored as of now
+    assert marshal.loads(cached.read_bytes())["stored"] == later > first
+    assert cached.stat().st_mode & 0o777 == 0o600
+    read.clear()
+    hit = plan.cached("app")
+    assert hit is not None and hit.image == "img1" and not read  # stamps alone from now on
+    (reg / "app.yaml").write_text("container:\n  name: img33\n  runtime: {runas: root}\n")
+    assert plan.cached("app") is None  # a later change still shows in the stamp (here: the size)
+
+
 def test_only_a_private_cache_is_used(reg: Path, tmp_path: Path) -> None:
     plan.load("app")
     plans = tmp_path / "cache" / "flake-pilot" / "plans"

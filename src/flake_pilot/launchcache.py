@@ -14,13 +14,16 @@ own "plan", a dict of plain values) in ``$XDG_CACHE_HOME/flake-pilot/plans/`` (d
 - file times are coarse (a same-size rewrite within one clock tick keeps the stamp), so for an
   input modified (mtime or ctime) less than a second before the plan was stored, the plan also
   records a digest of its content (CRC-32 and length; a directory: its sorted listing) taken
-  before the parse, and a launch compares it too (as git re-checks "racily clean" entries).
+  before the parse, and a launch compares it too (as git re-checks "racily clean" entries); the
+  first launch that finds every input more than a second old stores the plan again, so later
+  launches trust the stamps alone.
 
 Any mismatch, unreadable or odd file, or any doubt means parsing again. Imports only the stdlib
 modules a launcher has loaded anyway (posix via fastos, marshal); the slow path imports settings/flakeconf.
 """
 
 import marshal
+from time import time_ns
 
 from . import debug, fastos
 
@@ -151,15 +154,26 @@ def load(kind: str, shape: int, app: str) -> dict[str, object] | None:
         if not isinstance(data, dict) or data.get("key") != key:
             return None
         stored = data["stored"]
+        checked = time_ns()  # before the checks: what they prove holds from here on
+        racy = False
         for stamped, old, dig in data["stamps"]:
             if stamp(stamped) != old:
                 debug.log(f"registration cache: {stamped} changed")
                 return None
-            if _racy(old, stored) and (dig is None or digest(stamped) != dig):
-                debug.log(f"registration cache: {stamped} was new when the plan was stored and differs")
-                return None  # a same-size rewrite within the clock tick keeps the stamp
+            if _racy(old, stored):
+                if dig is None or digest(stamped) != dig:
+                    debug.log(f"registration cache: {stamped} was new when the plan was stored and differs")
+                    return None  # a same-size rewrite within the clock tick keeps the stamp
+                racy = True
         plan = data["plan"]
-        return plan if isinstance(plan, dict) else None
+        if not isinstance(plan, dict):
+            return None
+        if racy and not any(_racy(old, checked) for _, old, _ in data["stamps"]):
+            # the contents matched and every input is now old enough that a change would show in
+            # its stamp: store the plan as of *checked*, so later launches skip the content reads
+            data["stored"] = checked
+            _write(path, data)
+        return plan
     except (ValueError, EOFError, TypeError, KeyError, OSError):
         return None
     finally:
@@ -192,8 +206,6 @@ def stamps(deps: list[str]) -> list[Entry]:
 def store(kind: str, shape: int, app: str, plan: dict[str, object], before: list[Entry]) -> None:
     """Record a plan parsed from inputs stamped *before* the parse (temp file + rename); not when
     an input changed meanwhile. Failures only cost a later launch a parse."""
-    import time
-
     for path, old, _ in before:
         if stamp(path) != old:
             debug.log(f"registration cache: {path} changed while it was parsed, not cached")
@@ -202,10 +214,14 @@ def store(kind: str, shape: int, app: str, plan: dict[str, object], before: list
     if directory is None or not _private(directory, create=True):
         return
     key = _key(kind, shape, app)
-    path = _file(directory, key)
+    _write(_file(directory, key), {"key": key, "stored": time_ns(), "stamps": before, "plan": plan})
+
+
+def _write(path: str, record: dict[str, object]) -> None:
+    """Replace the cache file *path* with *record* (temp file + rename); failures are only logged."""
     tmp = f"{path}.{fastos.getpid()}.tmp"
     try:
-        data = marshal.dumps({"key": key, "stored": time.time_ns(), "stamps": before, "plan": plan})
+        data = marshal.dumps(record)
         flags = fastos.O_WRONLY | fastos.O_CREAT | fastos.O_EXCL | fastos.O_NOFOLLOW | fastos.O_CLOEXEC
         fd = fastos.open(tmp, flags, 0o600)
         try:

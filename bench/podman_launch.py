@@ -6,7 +6,8 @@
 (c) the launcher alone: a flake whose engine is ``/bin/true`` (``podman_binary``) vs ``/bin/true``
 
 Pairs alternate (AB, BA, AB, ...) in one run so load drifts hit both sides; prints medians,
-the ratio of medians and the median of per-pair ratios. The flake is called through its
+the ratio of medians and the median of per-pair ratios with its 95% bootstrap interval (how
+much this run's noise alone moves it). The flake is called through its
 symlink to the installed console script (the venv's bin), like a user would; with ``--installed``
 to ``PREFIX/bin/podman-pilot`` of scripts/install.sh into a temp prefix (what ``make install``
 gives: ``#!/usr/bin/python3 -IS``, byte-compiled package).
@@ -71,17 +72,29 @@ def pairs(label: str, flake: list[str], raw: list[str], env: dict[str, str], n: 
             fl.append(timed(flake, env, fc))
             rw.append(timed(raw, env, rc))
     mf, mr = statistics.median(fl), statistics.median(rw)
-    per_pair = statistics.median(f / r for f, r in zip(fl, rw, strict=True))
+    ratios = [f / r for f, r in zip(fl, rw, strict=True)]
+    per_pair = statistics.median(ratios)
+    low, high = bootstrap_median(ratios)
     cf, cr = statistics.median(fc), statistics.median(rc)
     print(f"{label:9} flake median {mf * 1000:7.1f} ms   raw median {mr * 1000:7.1f} ms   "
-          f"ratio {mf / mr:.3f}   median pair ratio {per_pair:.3f}   (+{(mf - mr) * 1000:.1f} ms, n={n})   "
+          f"ratio {mf / mr:.3f}   median pair ratio {per_pair:.3f} (95% CI {low:.3f}-{high:.3f})   "
+          f"(+{(mf - mr) * 1000:.1f} ms, n={n})   "
           f"CPU flake {cf * 1000:.1f} ms raw {cr * 1000:.1f} ms (+{(cf - cr) * 1000:.1f} ms)")
     return mf, mr
 
 
+def bootstrap_median(values: list[float], rounds: int = 2000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median: how far this run's noise alone moves it."""
+    import random
+
+    rng = random.Random(1)  # the interval of a given sample is reproducible
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(rounds * 0.025)], medians[int(rounds * 0.975) - 1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-n", type=int, default=21, help="pairs per case (default 21)")
+    parser.add_argument("-n", type=int, default=61, help="pairs per case (default 61)")
     parser.add_argument("--installed", action="store_true",
                         help="the launcher of scripts/install.sh into a temp prefix, not the venv's console script")
     args = parser.parse_args()

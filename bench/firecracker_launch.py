@@ -6,9 +6,13 @@ definition: the launcher's own (taken from its PILOT_DEBUG output), given to the
 ``firecracker --no-api --config-file`` directly. The launcher is the installed console script
 (venv bin), called through an app symlink as a user would; with ``--installed`` it is
 ``PREFIX/bin/firecracker-pilot`` of scripts/install.sh into a temp prefix (what ``make install``
-gives: ``#!/usr/bin/python3 -IS``, byte-compiled package). Runs alternate to share the noise.
+gives: ``#!/usr/bin/python3 -IS``, byte-compiled package). Runs alternate (AB, BA, ...) to share the noise.
 
-Usage: bench/firecracker_launch.py [RUNS] [--installed]   (default 30)
+Usage: bench/firecracker_launch.py [RUNS] [--installed]   (default 100)
+
+Besides the medians of each side it prints the median of the per-pair differences (launcher minus
+raw, run next to each other) with its 95% bootstrap interval: how far this run's noise alone
+moves the overhead.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def timed(argv: list[str], env: dict[str, str], check: bool = True) -> tuple[flo
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--installed"]
-    runs = int(args[0]) if args else 30
+    runs = int(args[0]) if args else 100
     if not PILOT.exists():
         sys.exit(f"{PILOT} missing: pip install -e . into this venv")
     with tempfile.TemporaryDirectory(prefix="fc-bench-") as tmp:
@@ -107,7 +111,11 @@ def main() -> None:
         nocache = {**env, "XDG_CACHE_HOME": "no-cache"}
         for i in range(runs + 3):  # the first 3 warm the caches
             (work / "raw.sock").unlink(missing_ok=True)  # as the launcher does before each start
-            r_run, p_run = timed(raw_argv, env), timed([str(app)], env)
+            if i % 2:  # AB, BA, ...: a drift in load hits both sides
+                p_run = timed([str(app)], env)
+                r_run = timed(raw_argv, env)
+            else:
+                r_run, p_run = timed(raw_argv, env), timed([str(app)], env)
             y_run = timed([str(app)], nocache)
             f_run = timed([*python, "-c", "pass"], env, check=False)
             if i >= 3:
@@ -126,6 +134,19 @@ def main() -> None:
             print(f"  {what}: raw firecracker {r:6.1f} ms | firecracker-pilot {p:6.1f} ms, overhead "
                   f"{p - r:6.1f} ms (x{p / r:.2f}) | without the registration cache {y:6.1f} ms, overhead "
                   f"{y - r:6.1f} ms | `{floor_name} -c pass` {statistics.median(x[k] for x in floor):5.1f} ms")
+        diffs = [p_[0] - r_[0] for p_, r_ in zip(pilot, raw, strict=True)]
+        low, high = bootstrap_median(diffs)
+        print(f"  overhead per pair (wall): median {statistics.median(diffs):.1f} ms, "
+              f"95% interval {low:.1f}-{high:.1f} ms")
+
+
+def bootstrap_median(values: list[float], rounds: int = 2000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median: how far this run's noise alone moves it."""
+    import random
+
+    rng = random.Random(1)  # the interval of a given sample is reproducible
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(rounds * 0.025)], medians[int(rounds * 0.975) - 1]
 
 
 if __name__ == "__main__":

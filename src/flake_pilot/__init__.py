@@ -55,6 +55,10 @@ def _preload(paths: tuple[str, ...]) -> list[str]:
                 or int.from_bytes(data[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF
                 or int.from_bytes(data[12:16], "little") != st.st_size & 0xFFFFFFFF):
             break
+        try:
+            code = loads(memoryview(data)[16:])
+        except (EOFError, ValueError, TypeError):  # a damaged .pyc: the import system reports it
+            break
         module = type(_sys)(name)
         module.__file__ = source
         module.__dict__["__cached__"] = cached
@@ -63,7 +67,7 @@ def _preload(paths: tuple[str, ...]) -> list[str]:
             module.__path__ = [directory]
         modules[name] = module
         try:
-            exec(loads(memoryview(data)[16:]), module.__dict__)
+            exec(code, module.__dict__)
         except BaseException:
             del modules[name]
             raise

@@ -3,10 +3,12 @@
 The app launchers' entry points live here (``podman_pilot``, ``firecracker_pilot``): before the
 launcher runs, ``_preload`` executes the byte-code of the modules a warm launch needs straight
 from their ``__pycache__`` files, in dependency order, instead of going through the import
-system (finders, specs, buffered file objects: about 0.1 ms per module, ~1.5 ms of a launch).
+system (finders, specs, buffered file objects: about 0.1 ms per module, ~1.3 ms of a launch).
 A module is preloaded only when its ``.pyc`` is exactly what the import system would use (same
 magic number, timestamp-based, source mtime and size recorded in it); at the first one that is
-missing, stale or hash-based, preloading stops and the import system loads the rest as usual.
+missing, stale, hash-based or damaged, preloading stops and the import system loads the rest as
+usual. Preloaded modules have ``__file__``, ``__cached__``, ``__package__`` (and ``__path__``)
+but no ``__spec__``/``__loader__``. tests/test_preload.py checks the hand-over;
 tests/test_ctl_install.py and tests/test_fc_warm_imports.py check that an installed warm launch
 imports none of these modules through the import system.
 """

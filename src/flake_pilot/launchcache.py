@@ -126,13 +126,18 @@ def _key(kind: str, shape: int, app: str) -> tuple[object, ...]:
             env.get("XDG_CONFIG_HOME", ""), env.get("HOME", ""))
 
 
-def _file(directory: str, key: tuple[object, ...]) -> str:
-    h = 0xCBF29CE484222325  # FNV-1a over the key: no hashlib import
-    for byte in repr(key).encode():
+def fingerprint(text: str) -> str:
+    """16 hex digits of FNV-1a over *text* (not for security: hashlib costs ms at launch)."""
+    h = 0xCBF29CE484222325
+    for byte in text.encode():
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def _file(directory: str, key: tuple[object, ...]) -> str:
     app = str(key[4])
     shown = app if app.isprintable() and "/" not in app and len(app) < 128 else "_"  # the hash decides
-    return fastos.join(directory, f"{key[2]}-{shown}-{h:016x}.plan")
+    return fastos.join(directory, f"{key[2]}-{shown}-{fingerprint(repr(key))}.plan")
 
 
 def load(kind: str, shape: int, app: str) -> dict[str, object] | None:

@@ -9,7 +9,7 @@ their files are garbage collected once conmon is gone.
 
 import time
 
-from .. import fastos, statedir
+from .. import fastos, launchcache, statedir
 
 ONESHOT_MARK = "@+"
 GC_GRACE_S = 60.0  # a .cid without .pid this young may belong to a launch in progress
@@ -28,10 +28,7 @@ class Paths:
 def spec(image: str, opts: tuple[str, ...] | list[str]) -> str:
     """Fingerprint of what a resume instance runs: the image and the registration's options
     (unexpanded, so a changed environment variable does not replace the instance)."""
-    h = 0xCBF29CE484222325  # FNV-1a: no hashlib import at launch
-    for byte in repr((image, tuple(opts))).encode():
-        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
+    return launchcache.fingerprint(repr((image, tuple(opts))))
 
 
 def same_spec(paths: Paths, wanted: str) -> bool:

@@ -69,3 +69,16 @@ def test_stat_helpers_match_the_stat_module() -> None:
         got = (fastos.S_ISDIR(mode), fastos.S_ISREG(mode), fastos.S_ISLNK(mode))
         assert got == (stat.S_ISDIR(mode), stat.S_ISREG(mode), stat.S_ISLNK(mode)), oct(mode)
     assert (fastos.S_ISVTX, fastos.S_IWGRP, fastos.S_IWOTH) == (stat.S_ISVTX, stat.S_IWGRP, stat.S_IWOTH)
+
+
+def test_which_matches_shutil_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    (tmp_path / "tool").chmod(0o755)
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "dir").mkdir()
+    monkeypatch.setitem(fastos.environ, "PATH", f"/nonexistent:{tmp_path}:/usr/bin:/bin")
+    for program in ("tool", "plain", "dir", "sh", "no-such-tool", str(tmp_path / "tool"), str(tmp_path / "dir"),
+                    str(tmp_path / "plain")):
+        assert fastos.which(program) == shutil.which(program, path=fastos.environ["PATH"]), program

@@ -146,3 +146,16 @@ def isfile(path: str) -> bool:
 
 def islink(path: str) -> bool:
     return S_ISLNK(_mode(path, follow=False))
+
+
+def which(program: str) -> str | None:
+    """The executable *program* names (a path, or the first match on PATH), like shutil.which
+    without its imports; None when there is none."""
+    if "/" in program:
+        candidates = [program]
+    else:
+        candidates = [join(d or ".", program) for d in environ.get("PATH", defpath).split(pathsep)]
+    for path in candidates:
+        if access(path, X_OK) and not isdir(path):
+            return path
+    return None

@@ -34,14 +34,11 @@ def bound_engine_calls(default: float = 600.0) -> float:
 
 def which(program: str) -> str:
     """Absolute path of *program* (PATH lookup), or EngineError naming it."""
+    path = fastos.which(program)
+    if path is not None:
+        return path
     if "/" in program:
-        if fastos.access(program, fastos.X_OK):
-            return program
         _fail(f"{program}: not found or not executable")
-    for directory in fastos.environ.get("PATH", fastos.defpath).split(fastos.pathsep):
-        candidate = fastos.join(directory or ".", program)
-        if fastos.access(candidate, fastos.X_OK) and not fastos.isdir(candidate):
-            return candidate
     _fail(f"{program}: not found in PATH ({fastos.environ.get('PATH', '')})")
 
 

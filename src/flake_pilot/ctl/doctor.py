@@ -14,7 +14,7 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .. import runner, settings
+from .. import fastos, runner, settings
 from ..errors import FlakeError
 from ..settings import Settings
 
@@ -225,18 +225,11 @@ def subids(user_mode: bool, needed: bool) -> Result:
             f"no entry for {user} in {', '.join(missing)}",
             f"usermod --add-subuids 200000-265535 --add-subgids 200000-265535 {user}",
         )
-    if not runner_which("newuidmap"):
+    if not fastos.which("newuidmap"):
         return Result(
             "subuid/subgid", _needed(needed and user_mode), "newuidmap not found", "apt-get install uidmap"
         )
     return Result("subuid/subgid", OK, f"{user} has subordinate ids")
-
-
-def runner_which(program: str) -> str:
-    try:
-        return runner.which(program)
-    except FlakeError:
-        return ""
 
 
 def kvm_kind() -> str:

@@ -203,19 +203,17 @@ def spawn(paths: "InstancePaths", doc: dict[str, object], *, serial: bool, keep:
 
 
 def find_binary(binary: str) -> str:
-    """*binary* if it is a path, else the first executable on PATH (runner.which without importing
-    subprocess/shutil, a few ms of start-up). Its name must be ``firecracker``: that is how a
-    running instance is recognised (/proc/PID/comm), here and by ``flake-ctl firecracker show``."""
+    """*binary* if it is a path, else the first executable on PATH (``fastos.which``). Its name must
+    be ``firecracker``: that is how a running instance is recognised (/proc/PID/comm), here and by
+    ``flake-ctl firecracker show``."""
     if fastos.basename(binary) != "firecracker":
         from ..errors import EngineError
 
         raise EngineError(f"{binary}: the Firecracker binary must be named 'firecracker' (a symlink of that "
                           "name will do), instances are recognised by it")
-    candidates = [binary] if "/" in binary else [
-        fastos.join(d or ".", binary) for d in fastos.environ.get("PATH", fastos.defpath).split(fastos.pathsep)]
-    for path in candidates:
-        if fastos.isfile(path) and fastos.access(path, fastos.X_OK):
-            return path
+    path = fastos.which(binary)
+    if path is not None:
+        return path
     from ..errors import EngineError
 
     where = "" if "/" in binary else f" in PATH ({fastos.environ.get('PATH', '')})"

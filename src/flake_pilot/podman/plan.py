@@ -51,12 +51,11 @@ def cached(app: str) -> Plan | None:
 
 
 def build(app: str) -> Plan:
-    """Parse the registration (the slow path)."""
-    from .. import flakeconf, names, settings
+    """Parse the registration (the slow path); *app* is a valid app name (``load`` checks it)."""
+    from .. import flakeconf, settings
     from ..errors import ConfigError
     from .compose import needs_compose
 
-    names.app_name(app)
     flake, user_scope = flakeconf.find(app)
     if not isinstance(flake, flakeconf.PodmanFlake):
         raise ConfigError(f"{flake.config_file}: {app!r} is a {flake.engine} flake, not a container flake")

@@ -67,18 +67,24 @@ def check_name(directory: str, name: str) -> str:
     return fastos.join(directory, name)
 
 
-def read_file(path: str) -> str | None:
-    """Content of a state file, None if missing; a symlink is refused."""
+def _open(path: str, flags: int) -> int:
+    """open(2) that never follows a symlink and refuses one with SecurityError."""
     try:
-        fd = fastos.open(path, fastos.O_RDONLY | _SAFE)
-    except FileNotFoundError:
-        return None
+        return fastos.open(path, flags | _SAFE, 0o600)
     except OSError as exc:
         import errno
 
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             _refuse(f"{path}: is a symbolic link, refusing to use it")
         raise
+
+
+def read_file(path: str) -> str | None:
+    """Content of a state file, None if missing; a symlink is refused."""
+    try:
+        fd = _open(path, fastos.O_RDONLY)
+    except FileNotFoundError:
+        return None
     try:
         return fastos.read(fd, 4096).decode("utf-8", "replace").strip()
     finally:
@@ -110,14 +116,7 @@ class locked:  # noqa: N801 - used like a function; a class avoids importing con
         self.path, self.shared, self.fd = path, shared, -1
 
     def __enter__(self) -> int:
-        try:
-            self.fd = fastos.open(self.path, fastos.O_RDWR | fastos.O_CREAT | _SAFE, 0o600)
-        except OSError as exc:
-            import errno
-
-            if exc.errno == errno.ELOOP:
-                _refuse(f"{self.path}: is a symbolic link, refusing to use it")
-            raise
+        self.fd = _open(self.path, fastos.O_RDWR | fastos.O_CREAT)
         import fcntl
 
         try:

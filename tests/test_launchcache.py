@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,27 @@ def test_a_racy_plan_is_stored_again_once_its_inputs_are_old(reg: Path, monkeypa
     assert hit is not None and hit.image == "img1" and not read  # stamps alone from now on
     (reg / "app.yaml").write_text("container:\n  name: img33\n  runtime: {runas: root}\n")
     assert plan.cached("app") is None  # a later change still shows in the stamp (here: the size)
+
+
+def test_plan_cache_follows_the_files(reg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "flakes.yml"
+    past = time.time() - 10  # old inputs: no content check on a hit
+    for f in (cfg, reg / "app.yaml"):
+        os.utime(f, (past, past))
+    assert plan.cached("app") is None
+    assert plan.load("app").image == "img1"
+    hit = plan.cached("app")
+    assert hit is not None and hit.image == "img1" and hit.target == "app" and not hit.user_mode
+    cache_dir = tmp_path / "cache" / "flake-pilot" / "plans"
+    assert (cache_dir.stat().st_mode & 0o777) == 0o700
+    (reg / "app.d").mkdir()
+    assert plan.cached("app") is None  # a new drop-in dir
+    assert plan.load("app").image == "img1"
+    (reg / "app.d" / "a.yaml").write_text("container:\n  name: img2\n")
+    assert plan.cached("app") is None  # a new drop-in
+    assert plan.load("app").image == "img2"
+    monkeypatch.setenv("FLAKES_CONFIG", str(tmp_path / "other.yml"))
+    assert plan.cached("app") is None  # another config: another cache entry
 
 
 def test_only_a_private_cache_is_used(reg: Path, tmp_path: Path) -> None:

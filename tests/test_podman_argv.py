@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from flake_pilot.errors import UsageError
 from flake_pilot.names import instance_name
-from flake_pilot.podman import argv, instance, plan, proc
+from flake_pilot.podman import argv, instance, proc
 
 
 def test_caller_args_are_sorted() -> None:
@@ -150,31 +150,3 @@ def test_state_file_names_are_checked(tmp_path: Path) -> None:
     assert instance.name("app", None, oneshot=True).startswith("app@+")
     assert instance.name("app", "n", oneshot=True) == "app@n"
     assert instance.name("app", None, oneshot=False) == "app"
-
-
-def test_plan_cache_follows_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    flakes = tmp_path / "flakes"
-    flakes.mkdir()
-    cfg = tmp_path / "flakes.yml"
-    cfg.write_text(f"generic:\n  flakes_dir: {flakes}\n  podman_ids_dir: {tmp_path / 'ids'}\n")
-    (flakes / "app.yaml").write_text("container:\n  name: img1\n  runtime: {runas: root}\n")
-    monkeypatch.setenv("FLAKES_CONFIG", str(cfg))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "userconfig"))
-    past = time.time() - 10  # old inputs: no content check on a hit
-    for f in (cfg, flakes / "app.yaml"):
-        os.utime(f, (past, past))
-    assert plan.cached("app") is None
-    assert plan.load("app").image == "img1"
-    hit = plan.cached("app")
-    assert hit is not None and hit.image == "img1" and hit.target == "app" and not hit.user_mode
-    cache_dir = tmp_path / "cache" / "flake-pilot" / "plans"
-    assert (cache_dir.stat().st_mode & 0o777) == 0o700
-    (flakes / "app.d").mkdir()
-    assert plan.cached("app") is None  # a new drop-in dir
-    assert plan.load("app").image == "img1"
-    (flakes / "app.d" / "a.yaml").write_text("container:\n  name: img2\n")
-    assert plan.cached("app") is None  # a new drop-in
-    assert plan.load("app").image == "img2"
-    monkeypatch.setenv("FLAKES_CONFIG", str(tmp_path / "other.yml"))
-    assert plan.cached("app") is None  # another config: another cache entry

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import uuid
@@ -77,9 +78,12 @@ def test_user_mode_flow_needs_no_root(uscope: Scope) -> None:
         "user-mode flow as the rootless user, sudo trapped (register, resume, one-shot, show, remove)",
         count=1,
     ) as rec:
+        sudo = shutil.which("sudo", path="/usr/bin:/bin")
+        if sudo is None:
+            pytest.fail("sudo is not installed: run `make test` (scripts/setup-host.sh --test installs it)")
         assert (
             subprocess.run(
-                ["sudo", "-n", "-l"],
+                [sudo, "-n", "-l"],
                 user=uscope.uid,
                 group=uscope.gid,
                 extra_groups=[],

@@ -57,12 +57,13 @@ def main() -> int:
     podman = shutil.which("podman") or "/usr/bin/podman"
     if args.launcher_only:
         stub = root / "podman-stub"
-        stub.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = --cidfile ] && exit 0; done\n'
-                        f'exec {podman} "$@"\n')
+        stub.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = --cidfile ] && exit 0; done\nexec {podman} "$@"\n')
         stub.chmod(0o755)
         podman = str(stub)
-    (root / "flakes.yml").write_text(f"generic:\n  flakes_dir: {flakes}\n  podman_ids_dir: {ids}\n"
-                                     f"  podman_storage_conf: {storage}\n  podman_binary: {podman}\n")
+    (root / "flakes.yml").write_text(
+        f"generic:\n  flakes_dir: {flakes}\n  podman_ids_dir: {ids}\n"
+        f"  podman_storage_conf: {storage}\n  podman_binary: {podman}\n"
+    )
     env = {**os.environ, "FLAKES_CONFIG": str(root / "flakes.yml"), "XDG_CACHE_HOME": str(root / "cache")}
     registration(flakes, "delta", base_container=BASE, layers=[L1, L2], target_app_path="/bin/true")
     (bindir / "delta").symlink_to(BIN / "podman-pilot")
@@ -99,14 +100,18 @@ def main() -> int:
         mp, md = statistics.median(plain), statistics.median(delta)
         pair = statistics.median(d / p for d, p in zip(delta, plain, strict=True))
         what = "launcher only (podman run stubbed)" if args.launcher_only else "full launch"
-        print(f"{what}; image: {tag} (base + 2 layers + app, {args.pairs} alternating pairs, "
-              f"load average {os.getloadavg()[0]:.1f})")
+        print(
+            f"{what}; image: {tag} (base + 2 layers + app, {args.pairs} alternating pairs, "
+            f"load average {os.getloadavg()[0]:.1f})"
+        )
         print(f"plain one-shot launch, median: {mp * 1000:7.1f} ms")
         print(f"delta warm launch, median:     {md * 1000:7.1f} ms")
         print(f"ratio of medians: {md / mp:.3f}x   median of pair ratios: {pair:.3f}x   (target <= 1.10x)")
         runs = ", ".join(f"{c * 1000:.0f}" for c in cold)
-        print(f"delta cold launch (composition), median of {len(cold)}: "
-              f"{statistics.median(cold) * 1000:7.1f} ms  ({runs} ms)")
+        print(
+            f"delta cold launch (composition), median of {len(cold)}: "
+            f"{statistics.median(cold) * 1000:7.1f} ms  ({runs} ms)"
+        )
         compose.free_entries(app="delta", podman_argv=engine[0], env=engine[1])
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -39,8 +39,8 @@ def setup(work: Path, pilot: Path) -> tuple[dict[str, str], Path, Path]:
     (work / "flakes").mkdir()
     (work / "bin").mkdir()
     (work / "flakes.yml").write_text(
-        f"generic:\n  flakes_dir: {work}/flakes\n  firecracker_ids_dir: {work}/ids\n"
-        f"  firecracker_binary: {fc}\n")
+        f"generic:\n  flakes_dir: {work}/flakes\n  firecracker_ids_dir: {work}/ids\n  firecracker_binary: {fc}\n"
+    )
     rootfs = work / "rootfs.img"
     rootfs.write_bytes(b"")
     os.truncate(rootfs, 4 << 20)
@@ -49,7 +49,8 @@ def setup(work: Path, pilot: Path) -> tuple[dict[str, str], Path, Path]:
         '      boot_args: ["console=ttyS0"]\n'
         f"      rootfs_image_path: {rootfs}\n"
         f"      kernel_image_path: {STATE / 'guest' / 'tiny.elf'}\n"
-        "      mem_size_mib: 64\n      vcpu_count: 1\n")
+        "      mem_size_mib: 64\n      vcpu_count: 1\n"
+    )
     app = work / "bin" / "tiny"
     app.symlink_to(pilot)
     past = time.time() - 10  # old inputs: the cache needs no content check (as a long-installed flake)
@@ -101,8 +102,16 @@ def main() -> None:
         cfg = work / "raw.json"
         cfg.write_text(json.dumps(doc))
         (work / "raw.log").write_text("")
-        raw_argv = [str(fc), "--no-api", "--config-file", str(cfg), "--log-path", str(work / "raw.log"),
-                    "--level", "Warning"]
+        raw_argv = [
+            str(fc),
+            "--no-api",
+            "--config-file",
+            str(cfg),
+            "--log-path",
+            str(work / "raw.log"),
+            "--level",
+            "Warning",
+        ]
         raw: list[tuple[float, float]] = []
         pilot: list[tuple[float, float]] = []
         floor: list[tuple[float, float]] = []
@@ -124,20 +133,26 @@ def main() -> None:
                 parse.append(y_run)
                 floor.append(f_run)
         load = os.getloadavg()[0]
-        print(f"tiny guest, launch to exit, {runs} alternating runs each (medians; load average {load:.1f}); "
-              f"launcher {launcher} ({' '.join(python)})")
+        print(
+            f"tiny guest, launch to exit, {runs} alternating runs each (medians; load average {load:.1f}); "
+            f"launcher {launcher} ({' '.join(python)})"
+        )
         floor_name = " ".join(["python", *python[1:]])
         for k, what in ((0, "wall"), (1, "CPU ")):
             r = statistics.median(x[k] for x in raw)
             p = statistics.median(x[k] for x in pilot)
             y = statistics.median(x[k] for x in parse)
-            print(f"  {what}: raw firecracker {r:6.1f} ms | firecracker-pilot {p:6.1f} ms, overhead "
-                  f"{p - r:6.1f} ms (x{p / r:.2f}) | without the registration cache {y:6.1f} ms, overhead "
-                  f"{y - r:6.1f} ms | `{floor_name} -c pass` {statistics.median(x[k] for x in floor):5.1f} ms")
+            print(
+                f"  {what}: raw firecracker {r:6.1f} ms | firecracker-pilot {p:6.1f} ms, overhead "
+                f"{p - r:6.1f} ms (x{p / r:.2f}) | without the registration cache {y:6.1f} ms, overhead "
+                f"{y - r:6.1f} ms | `{floor_name} -c pass` {statistics.median(x[k] for x in floor):5.1f} ms"
+            )
         diffs = [p_[0] - r_[0] for p_, r_ in zip(pilot, raw, strict=True)]
         low, high = bootstrap_median(diffs)
-        print(f"  overhead per pair (wall): median {statistics.median(diffs):.1f} ms, "
-              f"95% interval {low:.1f}-{high:.1f} ms")
+        print(
+            f"  overhead per pair (wall): median {statistics.median(diffs):.1f} ms, "
+            f"95% interval {low:.1f}-{high:.1f} ms"
+        )
 
 
 def bootstrap_median(values: list[float], rounds: int = 2000) -> tuple[float, float]:

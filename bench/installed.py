@@ -12,8 +12,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 def install(root: Path) -> Path:
     """Install into ``root/usr`` (config in ``root/etc``); returns the bin dir."""
-    done = subprocess.run(["bash", str(REPO / "scripts/install.sh"), "", str(root / "usr"), str(root / "etc")],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts/install.sh"), "", str(root / "usr"), str(root / "etc")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"scripts/install.sh failed: {done.stderr[-500:]}")
     return root / "usr" / "bin"

@@ -34,8 +34,7 @@ def timed(argv: list[str], env: dict[str, str], cpu: list[float] | None = None) 
     """Wall seconds of one run; appends its CPU seconds (user+sys of the process and the children
     it reaped) to *cpu*, steadier than wall time on a shared host."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -76,10 +75,12 @@ def pairs(label: str, flake: list[str], raw: list[str], env: dict[str, str], n: 
     per_pair = statistics.median(ratios)
     low, high = bootstrap_median(ratios)
     cf, cr = statistics.median(fc), statistics.median(rc)
-    print(f"{label:9} flake median {mf * 1000:7.1f} ms   raw median {mr * 1000:7.1f} ms   "
-          f"ratio {mf / mr:.3f}   median pair ratio {per_pair:.3f} (95% CI {low:.3f}-{high:.3f})   "
-          f"(+{(mf - mr) * 1000:.1f} ms, n={n})   "
-          f"CPU flake {cf * 1000:.1f} ms raw {cr * 1000:.1f} ms (+{(cf - cr) * 1000:.1f} ms)")
+    print(
+        f"{label:9} flake median {mf * 1000:7.1f} ms   raw median {mr * 1000:7.1f} ms   "
+        f"ratio {mf / mr:.3f}   median pair ratio {per_pair:.3f} (95% CI {low:.3f}-{high:.3f})   "
+        f"(+{(mf - mr) * 1000:.1f} ms, n={n})   "
+        f"CPU flake {cf * 1000:.1f} ms raw {cr * 1000:.1f} ms (+{(cf - cr) * 1000:.1f} ms)"
+    )
     return mf, mr
 
 
@@ -95,8 +96,11 @@ def bootstrap_median(values: list[float], rounds: int = 2000) -> tuple[float, fl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=61, help="pairs per case (default 61)")
-    parser.add_argument("--installed", action="store_true",
-                        help="the launcher of scripts/install.sh into a temp prefix, not the venv's console script")
+    parser.add_argument(
+        "--installed",
+        action="store_true",
+        help="the launcher of scripts/install.sh into a temp prefix, not the venv's console script",
+    )
     args = parser.parse_args()
     import compileall
 
@@ -121,39 +125,62 @@ def main() -> int:
             pilot = BIN / "podman-pilot"
         (root / "flakes.yml").write_text(
             f"generic:\n  flakes_dir: {root / 'flakes'}\n  podman_ids_dir: {root / 'ids'}\n"
-            f"  podman_storage_conf: {storage}\n")
+            f"  podman_storage_conf: {storage}\n"
+        )
         for name, resume in (("bench-once", "false"), ("bench-resume", "true")):
             (root / "flakes" / f"{name}.yaml").write_text(
                 f"include: {{tar: ~, path: ~}}\ncontainer:\n  name: {BB_IMAGE}\n  target_app_path: /bin/sh\n"
                 f"  host_app_path: {root / 'bin' / name}\n  check_host_dependencies: false\n"
-                f"  runtime: {{runas: root, resume: {resume}, attach: false, podman: ~}}\n")
+                f"  runtime: {{runas: root, resume: {resume}, attach: false, podman: ~}}\n"
+            )
             (root / "bin" / name).symlink_to(pilot)
         backdate(root / "flakes.yml", *(root / "flakes").iterdir())
-        env = {**os.environ, "FLAKES_CONFIG": str(root / "flakes.yml"), "XDG_CACHE_HOME": str(root / "cache"),
-               "CONTAINERS_STORAGE_CONF": str(storage)}
+        env = {
+            **os.environ,
+            "FLAKES_CONFIG": str(root / "flakes.yml"),
+            "XDG_CACHE_HOME": str(root / "cache"),
+            "CONTAINERS_STORAGE_CONF": str(storage),
+        }
         env.pop("PILOT_DEBUG", None)
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure with bytecode caches, as an installed package has
         raw_podman = ["podman", "--log-level=error"]
-        print(f"podman-pilot launch bench: {BB_IMAGE}, launcher {pilot} ({pilot.read_text().splitlines()[0]}), "
-              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
-        pairs("one-shot", [str(root / "bin" / "bench-once"), "-c", "true"],
-              [*raw_podman, "run", "--rm", "-i", "--entrypoint", "/bin/sh", BB_IMAGE, "-c", "true"], env, args.n)
+        print(
+            f"podman-pilot launch bench: {BB_IMAGE}, launcher {pilot} ({pilot.read_text().splitlines()[0]}), "
+            f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+        )
+        pairs(
+            "one-shot",
+            [str(root / "bin" / "bench-once"), "-c", "true"],
+            [*raw_podman, "run", "--rm", "-i", "--entrypoint", "/bin/sh", BB_IMAGE, "-c", "true"],
+            env,
+            args.n,
+        )
         timed([str(root / "bin" / "bench-resume"), "-c", "true"], env)  # creates the instance
         cid = next((root / "ids").glob("*/bench-resume.cid")).read_text().strip()
         try:
-            pairs("resume", [str(root / "bin" / "bench-resume"), "-c", "true"],
-                  [*raw_podman, "exec", "-i", cid, "/bin/sh", "-c", "true"], env, args.n)
+            pairs(
+                "resume",
+                [str(root / "bin" / "bench-resume"), "-c", "true"],
+                [*raw_podman, "exec", "-i", cid, "/bin/sh", "-c", "true"],
+                env,
+                args.n,
+            )
         finally:
             subprocess.run([*raw_podman, "rm", "-f", "-t", "0", cid], env=env, capture_output=True)
         fake = root / "fake"
         (fake / "flakes").mkdir(parents=True)
         (fake / "flakes.yml").write_text(
-            f"generic:\n  flakes_dir: {fake / 'flakes'}\n  podman_ids_dir: {root / 'ids'}\n"
-            "  podman_binary: /bin/true\n")
+            f"generic:\n  flakes_dir: {fake / 'flakes'}\n  podman_ids_dir: {root / 'ids'}\n  podman_binary: /bin/true\n"
+        )
         (fake / "flakes" / "bench-once.yaml").write_text((root / "flakes" / "bench-once.yaml").read_text())
         backdate(fake / "flakes.yml", fake / "flakes" / "bench-once.yaml")
-        pairs("launcher", [str(root / "bin" / "bench-once"), "-c", "true"], ["/bin/true", "run", "--rm"],
-              {**env, "FLAKES_CONFIG": str(fake / "flakes.yml")}, args.n)
+        pairs(
+            "launcher",
+            [str(root / "bin" / "bench-once"), "-c", "true"],
+            ["/bin/true", "run", "--rm"],
+            {**env, "FLAKES_CONFIG": str(fake / "flakes.yml")},
+            args.n,
+        )
         print(f"load after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -42,8 +42,10 @@ def main() -> None:
             up.append(a)
             down.append(b)
         label = "fresh overlay (mkfs.ext2 in the guest)" if overlay else "no overlay"
-        print(f"{label:40s} start->running min {min(up):5.2f} s median {statistics.median(up):5.2f} s; "
-              f"exit->gone min {min(down):4.2f} s median {statistics.median(down):4.2f} s")
+        print(
+            f"{label:40s} start->running min {min(up):5.2f} s median {statistics.median(up):5.2f} s; "
+            f"exit->gone min {min(down):4.2f} s median {statistics.median(down):4.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ def main() -> None:
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     with tempfile.TemporaryDirectory() as tmp:
         sci = str(build_zipapp(Path(tmp) / "sci"))
-        full = (f"import sys; sys.path.insert(0, {sci!r}); import flake_pilot.sci.main,"
-                " flake_pilot.sci.session, flake_pilot.sci.transport, flake_pilot.sci.system")
+        full = (
+            f"import sys; sys.path.insert(0, {sci!r}); import flake_pilot.sci.main,"
+            " flake_pilot.sci.session, flake_pilot.sci.transport, flake_pilot.sci.system"
+        )
         cases = {
             "python3 -c pass": [python, "-c", "pass"],
             "python3 -IS -c pass": [python, "-IS", "-c", "pass"],

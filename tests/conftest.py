@@ -36,9 +36,7 @@ def _podman_settings() -> None:
 
 def imported(stderr: str) -> set[str]:
     """Module names in ``-X importtime`` output (``import time: self | cumulative | name``)."""
-    return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")} - {
-        "package"
-    }
+    return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")} - {"package"}
 
 
 def check_preload(trace: Callable[[], set[str]], lib: Path, warm: tuple[str, ...]) -> None:
@@ -62,12 +60,7 @@ def storage_conf(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     conf = root / "storage.conf"
     if not conf.exists():
-        conf.write_text(
-            "[storage]\n"
-            'driver = "overlay"\n'
-            f'graphroot = "{root}/graph"\n'
-            f'runroot = "{root}/run"\n'
-        )
+        conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
     return conf
 
 
@@ -77,6 +70,7 @@ def busybox_rootfs_tar(extra: dict[str, bytes] | None = None) -> bytes:
     applets = subprocess.run([str(busybox), "--list"], capture_output=True, check=True, text=True).stdout.split()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+
         def add_dir(name: str, mode: int = 0o755) -> None:
             info = tarfile.TarInfo(name)
             info.type = tarfile.DIRTYPE
@@ -119,9 +113,17 @@ def import_image(tag: str, tar_bytes: bytes, storage: Path | None) -> None:
     tmp = STATE / f"import-{os.getpid()}.tar"
     tmp.write_bytes(tar_bytes)
     try:
-        podman("import", "-q", "--change", 'CMD ["/bin/sh"]', "--change",
-               "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               str(tmp), tag, storage=storage)
+        podman(
+            "import",
+            "-q",
+            "--change",
+            'CMD ["/bin/sh"]',
+            "--change",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            str(tmp),
+            tag,
+            storage=storage,
+        )
     finally:
         tmp.unlink()
 
@@ -153,16 +155,42 @@ class Prefix:
     storage: Path
     env: dict[str, str]
 
-    def ctl(self, *args: str, check: bool = False, input: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "flake-ctl"), *args], env={**self.env, **(env or {})}, input=input,
-                              capture_output=True, text=True, check=check, timeout=timeout)
+    def ctl(
+        self,
+        *args: str,
+        check: bool = False,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "flake-ctl"), *args],
+            env={**self.env, **(env or {})},
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
 
-    def app(self, name: str, *args: str, input: str | bytes | None = None, timeout: float = 120,
-            env: dict[str, str] | None = None, text: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.bin_dir / name), *args], env={**self.env, **(env or {})},
-                              input=input, capture_output=True, text=text, timeout=timeout,
-                              stdin=subprocess.DEVNULL if input is None else None)
+    def app(
+        self,
+        name: str,
+        *args: str,
+        input: str | bytes | None = None,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+        text: bool = True,
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(self.bin_dir / name), *args],
+            env={**self.env, **(env or {})},
+            input=input,
+            capture_output=True,
+            text=text,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL if input is None else None,
+        )
 
 
 def make_prefix(root: Path, storage: Path) -> Prefix:

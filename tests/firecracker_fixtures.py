@@ -25,8 +25,12 @@ GUEST_DIR = STATE / "guest"
 @pytest.fixture(scope="session")
 def firecracker_bin() -> Path:
     """The genuine Firecracker v1.12.1 (downloaded and sha256-checked by the setup script)."""
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "get-firecracker.sh"), str(FC_BIN.parent)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "get-firecracker.sh"), str(FC_BIN.parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0:
         pytest.fail(f"scripts/get-firecracker.sh failed: {proc.stderr.strip()}")
     return FC_BIN
@@ -35,8 +39,12 @@ def firecracker_bin() -> Path:
 @pytest.fixture(scope="session")
 def tiny_guest() -> dict[str, Path]:
     """The bare-metal guests: 'reset' prints and ends the VM, 'hang' prints and halts forever."""
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build-tiny-guest.sh"), str(GUEST_DIR)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-tiny-guest.sh"), str(GUEST_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         pytest.fail(f"scripts/build-tiny-guest.sh failed: {proc.stderr.strip()}")
     return {"reset": GUEST_DIR / "tiny.elf", "hang": GUEST_DIR / "tiny-hang.elf"}
@@ -59,9 +67,19 @@ class VmPrefix:
     def state(self) -> Path:
         return self.prefix.ids_dir / str(os.getuid())
 
-    def register(self, app: str, *, guest: str = "reset", resume: bool = False, force_vsock: bool = False,
-                 overlay_size: str | None = None, boot_args: tuple[str, ...] = ("console=ttyS0",),
-                 kernel: str | None = None, extra: str = "", target: str | None = None) -> Path:
+    def register(
+        self,
+        app: str,
+        *,
+        guest: str = "reset",
+        resume: bool = False,
+        force_vsock: bool = False,
+        overlay_size: str | None = None,
+        boot_args: tuple[str, ...] = ("console=ttyS0",),
+        kernel: str | None = None,
+        extra: str = "",
+        target: str | None = None,
+    ) -> Path:
         """Write a registration in the original's YAML shape and the app symlink."""
         args = ", ".join(f'"{a}"' for a in boot_args)
         yaml = (
@@ -88,10 +106,14 @@ class VmPrefix:
         return link
 
     def popen(self, app: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(self.prefix.bin_dir / app), *args],
-                                env={**self.prefix.env, **(env or {})}, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        return subprocess.Popen(
+            [str(self.prefix.bin_dir / app), *args],
+            env={**self.prefix.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def files(self) -> set[str]:
         """The instance files (lock files are permanent and not counted)."""
@@ -101,8 +123,7 @@ class VmPrefix:
 
 
 @pytest.fixture
-def vm_prefix(tmp_path: Path, kvm: None, firecracker_bin: Path,
-              tiny_guest: dict[str, Path]) -> Iterator[VmPrefix]:
+def vm_prefix(tmp_path: Path, kvm: None, firecracker_bin: Path, tiny_guest: dict[str, Path]) -> Iterator[VmPrefix]:
     p = make_prefix(tmp_path / "prefix", tmp_path / "no-podman-storage")
     with p.config.open("a") as f:
         f.write(f"  firecracker_binary: {firecracker_bin}\n")

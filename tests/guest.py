@@ -49,8 +49,13 @@ def guest_images() -> GuestImages:
     builder's output when that fails."""
     if shutil.which(QEMU) is None:
         raise GuestError(f"{QEMU} is not installed: run scripts/setup-host.sh --test")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "build-guest.sh")], capture_output=True, text=True,
-                          env={**os.environ, "FLAKE_GUEST_DIR": str(GUEST_DIR)}, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-guest.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLAKE_GUEST_DIR": str(GUEST_DIR)},
+        timeout=900,
+    )
     if proc.returncode != 0:
         raise GuestError(f"scripts/build-guest.sh failed: {proc.stderr.strip()[-2000:]}")
     return GuestImages(GUEST_DIR / "vmlinuz", GUEST_DIR / "initrd.cpio.gz", GUEST_DIR / "rootfs.ext4")
@@ -70,9 +75,18 @@ class Result:
 class Guest:
     """One QEMU microvm. ``ports`` virtio-serial ports named sci0.. (one session at a time each)."""
 
-    def __init__(self, workdir: Path, images: GuestImages, *, ports: int = 1, overlay: Path | None = None,
-                 resume: bool = False, append: str = "", session_mode: bool = True,
-                 memory_mb: int = 256) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        images: GuestImages,
+        *,
+        ports: int = 1,
+        overlay: Path | None = None,
+        resume: bool = False,
+        append: str = "",
+        session_mode: bool = True,
+        memory_mb: int = 256,
+    ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.console_path = self.dir / "console.log"
@@ -88,30 +102,62 @@ class Guest:
             args.append(append)
         self.append = " ".join(args)
         self.argv = [
-            QEMU, "-M", "microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=on", "-accel", "tcg",
-            "-cpu", "max",
-            "-smp", "1", "-m", str(memory_mb), "-nodefaults", "-no-user-config", "-display", "none",
-            "-monitor", "none", "-no-reboot", "-serial", f"file:{self.console_path}",
-            "-kernel", str(images.kernel), "-initrd", str(images.initrd), "-append", self.append,
-            "-drive", f"id=root,file={images.rootfs},format=raw,if=none,readonly=on",
-            "-device", "virtio-blk-device,drive=root",
+            QEMU,
+            "-M",
+            "microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=on",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "1",
+            "-m",
+            str(memory_mb),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-serial",
+            f"file:{self.console_path}",
+            "-kernel",
+            str(images.kernel),
+            "-initrd",
+            str(images.initrd),
+            "-append",
+            self.append,
+            "-drive",
+            f"id=root,file={images.rootfs},format=raw,if=none,readonly=on",
+            "-device",
+            "virtio-blk-device,drive=root",
         ]
         if overlay is not None:
-            self.argv += ["-drive", f"id=ovl,file={overlay},format=raw,if=none",
-                          "-device", "virtio-blk-device,drive=ovl"]
+            self.argv += [
+                "-drive",
+                f"id=ovl,file={overlay},format=raw,if=none",
+                "-device",
+                "virtio-blk-device,drive=ovl",
+            ]
         if ports:
             self.argv += ["-device", "virtio-serial-device"]
             for i, path in enumerate(self.sockets):
-                self.argv += ["-chardev", f"socket,id=sci{i},path={path},server=on,wait=off",
-                              "-device", f"virtserialport,chardev=sci{i},name=sci{i}"]
+                self.argv += [
+                    "-chardev",
+                    f"socket,id=sci{i},path={path},server=on,wait=off",
+                    "-device",
+                    f"virtserialport,chardev=sci{i},name=sci{i}",
+                ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.gone_at: float | None = None
 
     def start(self) -> Guest:
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         return self
 
     def __enter__(self) -> Guest:
@@ -142,10 +188,22 @@ class Guest:
                     raise GuestError(f"{self.sockets[port]}: {exc.strerror}: {self.diagnostics()}") from exc
             time.sleep(0.02)  # QEMU is still starting; bounded by the deadline
 
-    def run(self, argv: list[str], stdin: bytes | None = b"", *, port: int = 0,
-            env: dict[str, str] | None = None, cwd: str = "/", tty: bool = False, rows: int = 0,
-            cols: int = 0, timeout: float = 120.0, stdout_fd: int | None = None,
-            forward_signals: bool = False, on_started: Callable[[int], None] | None = None) -> Result:
+    def run(
+        self,
+        argv: list[str],
+        stdin: bytes | None = b"",
+        *,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        cwd: str = "/",
+        tty: bool = False,
+        rows: int = 0,
+        cols: int = 0,
+        timeout: float = 120.0,
+        stdout_fd: int | None = None,
+        forward_signals: bool = False,
+        on_started: Callable[[int], None] | None = None,
+    ) -> Result:
         """One session: returns status, stdout, stderr and timings. *stdout_fd*: stream stdout
         there instead of collecting it."""
         sock = self.connect(port)
@@ -184,9 +242,15 @@ class Guest:
         timer.start()
         try:
             result.status = protocol.run_session(
-                sock, protocol.Request(argv, env or {}, cwd, tty, rows, cols), in_r,
-                out_w if stdout_fd is None else stdout_fd, err_w, handshake_timeout=timeout,
-                forward_signals=forward_signals, on_started=started)
+                sock,
+                protocol.Request(argv, env or {}, cwd, tty, rows, cols),
+                in_r,
+                out_w if stdout_fd is None else stdout_fd,
+                err_w,
+                handshake_timeout=timeout,
+                forward_signals=forward_signals,
+                on_started=started,
+            )
             result.ended_at = time.monotonic()
         finally:
             timer.cancel()

@@ -26,10 +26,28 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -146,8 +164,10 @@ def serve(site: Site, cert: tuple[Path, Path] | None) -> Iterator[Running]:
 
 # -- image builders for the VM image tests -------------------------------------------------------
 
-def ext4_image(path: Path, files: dict[str, bytes], size_mb: int = 8, fstype: str = "ext4",
-               links: dict[str, str] | None = None) -> Path:
+
+def ext4_image(
+    path: Path, files: dict[str, bytes], size_mb: int = 8, fstype: str = "ext4", links: dict[str, str] | None = None
+) -> Path:
     """A real ext2/3/4 image holding *files* and symlinks *links* (mkfs -d, no mount)."""
     import os
     import tempfile
@@ -187,28 +207,34 @@ def kis_tarball(members: dict[str, bytes], compression: str = "xz") -> bytes:
     return buf.getvalue()
 
 
-def kis_members(rootfs: bytes, kernel: bytes = b"KERNEL" * 100, initrd: bytes | None = b"INITRD" * 50,
-                name: str = "test.x86_64-1.15.6", blocks: bool = True) -> dict[str, bytes]:
+def kis_members(
+    rootfs: bytes,
+    kernel: bytes = b"KERNEL" * 100,
+    initrd: bytes | None = b"INITRD" * 50,
+    name: str = "test.x86_64-1.15.6",
+    blocks: bool = True,
+) -> dict[str, bytes]:
     """KIWI's members: rootfs, .kernel, [.initrd], .append, .sha256 (<hex> [<blocks> <blocksize>])."""
     import hashlib
 
     digest = hashlib.sha256(rootfs).hexdigest()
     line = f"{digest} {len(rootfs) // 512} 512\n" if blocks and len(rootfs) % 512 == 0 else f"{digest}\n"
-    members = {name: rootfs, f"{name}.kernel": kernel, f"{name}.append": b"quiet\n",
-               f"{name}.sha256": line.encode()}
+    members = {name: rootfs, f"{name}.kernel": kernel, f"{name}.append": b"quiet\n", f"{name}.sha256": line.encode()}
     if initrd is not None:
         members[f"{name}.initrd"] = initrd
     return members
 
 
 def debugfs_cat(image: Path, path: str) -> bytes:
-    return subprocess.run(["/usr/sbin/debugfs", "-R", f"cat {path}", str(image)], check=True,
-                          capture_output=True).stdout
+    return subprocess.run(
+        ["/usr/sbin/debugfs", "-R", f"cat {path}", str(image)], check=True, capture_output=True
+    ).stdout
 
 
 def debugfs_stat(image: Path, path: str) -> str:
-    return subprocess.run(["/usr/sbin/debugfs", "-R", f"stat {path}", str(image)], check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["/usr/sbin/debugfs", "-R", f"stat {path}", str(image)], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def fsck_clean(image: Path) -> subprocess.CompletedProcess[str]:

@@ -37,8 +37,17 @@ class Scope:
     gid: int = 0
     apps: list[str] = field(default_factory=list)
 
-    def register(self, name: str, target: str = "/bin/sh", *, resume: bool = False, attach: bool = False,
-                 opts: list[str] | None = None, image: str = BB_IMAGE, runas: str | None = None) -> Path:
+    def register(
+        self,
+        name: str,
+        target: str = "/bin/sh",
+        *,
+        resume: bool = False,
+        attach: bool = False,
+        opts: list[str] | None = None,
+        image: str = BB_IMAGE,
+        runas: str | None = None,
+    ) -> Path:
         config = {
             "include": {"tar": None, "path": None},
             "container": {
@@ -73,21 +82,46 @@ class Scope:
             kw.update(user=self.uid, group=self.gid, extra_groups=[], cwd=str(USER_HOME))
         return subprocess.Popen(self.argv(name, *args), env={**self.env, **(env or {})}, **kw)
 
-    def run(self, name: str, *args: str, input: str | bytes | None = None, stdin=None, timeout: float = 90,
-            env: dict[str, str] | None = None, text: bool = True) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        name: str,
+        *args: str,
+        input: str | bytes | None = None,
+        stdin=None,
+        timeout: float = 90,
+        env: dict[str, str] | None = None,
+        text: bool = True,
+    ) -> subprocess.CompletedProcess:
         if input is None and stdin is None:
             stdin = subprocess.DEVNULL
-        with self.popen(name, *args, env=env, stdin=subprocess.PIPE if input is not None else stdin,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text) as proc:
+        with self.popen(
+            name,
+            *args,
+            env=env,
+            stdin=subprocess.PIPE if input is not None else stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=text,
+        ) as proc:
             out, err = proc.communicate(input, timeout=timeout)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def podman(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
         env = {**self.env, "CONTAINERS_STORAGE_CONF": str(self.storage)}
-        kw = {"user": self.uid, "group": self.gid, "extra_groups": [], "cwd": str(USER_HOME)} \
-            if self.kind == "user" else {}
-        return subprocess.run(["podman", "--log-level=error", *args], env=env, capture_output=True, text=True,
-                              check=check, timeout=120, **kw)
+        kw = (
+            {"user": self.uid, "group": self.gid, "extra_groups": [], "cwd": str(USER_HOME)}
+            if self.kind == "user"
+            else {}
+        )
+        return subprocess.run(
+            ["podman", "--log-level=error", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+            **kw,
+        )
 
     def state_files(self) -> list[Path]:
         return sorted(self.ids_dir.glob("*/*"))
@@ -112,8 +146,17 @@ def root_scope(tmp_path: Path, storage: Path) -> Scope:
 
 
 def _as_user(uid: int, gid: int, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, user=uid, group=gid, extra_groups=[],
-                          cwd=str(USER_HOME), timeout=300)
+    return subprocess.run(
+        argv,
+        env=env,
+        capture_output=True,
+        text=True,
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        cwd=str(USER_HOME),
+        timeout=300,
+    )
 
 
 def prepare_user(system_storage: Path) -> tuple[int, int, Path]:
@@ -121,8 +164,9 @@ def prepare_user(system_storage: Path) -> tuple[int, int, Path]:
     try:
         pw = pwd.getpwnam(TEST_USER)
     except KeyError as exc:
-        raise RuntimeError(f"test user {TEST_USER!r} missing: run `make test` "
-                           "(scripts/setup-host.sh --test creates it)") from exc
+        raise RuntimeError(
+            f"test user {TEST_USER!r} missing: run `make test` (scripts/setup-host.sh --test creates it)"
+        ) from exc
     uid, gid = pw.pw_uid, pw.pw_gid
     for d in (USER_HOME.parent, USER_HOME):
         d.mkdir(parents=True, exist_ok=True)
@@ -132,14 +176,16 @@ def prepare_user(system_storage: Path) -> tuple[int, int, Path]:
     storage = USER_HOME / "storage.conf"
     if not storage.exists():
         storage.write_text(
-            "[storage]\n"
-            'driver = "overlay"\n'
-            f'graphroot = "{USER_HOME}/graph"\n'
-            f'runroot = "{USER_HOME}/run"\n'
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{USER_HOME}/graph"\nrunroot = "{USER_HOME}/run"\n'
         )
         os.chown(storage, uid, gid)
-    env = {"HOME": str(USER_HOME), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-           "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", ""), "CONTAINERS_STORAGE_CONF": str(storage)}
+    env = {
+        "HOME": str(USER_HOME),
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", ""),
+        "CONTAINERS_STORAGE_CONF": str(storage),
+    }
     podman_user = ["podman", "--log-level=error"]
     if _as_user(uid, gid, [*podman_user, "image", "exists", BB_IMAGE], env).returncode != 0:
         _as_user(uid, gid, [*podman_user, "system", "migrate"], env)
@@ -165,16 +211,19 @@ def user_scope(uid: int, gid: int, storage: Path) -> Scope:
     system_cfg.write_text(f"generic:\n  flakes_dir: {dirs['sysflakes']}\n  podman_ids_dir: {dirs['ids']}\n")
     user_cfg = dirs["config"] / "flakes.yml"
     user_cfg.write_text(
-        "generic:\n"
-        f"  flakes_dir: {dirs['flakes']}\n"
-        f"  podman_ids_dir: {dirs['ids']}\n"
-        f"  podman_storage_conf: {storage}\n"
+        f"generic:\n  flakes_dir: {dirs['flakes']}\n  podman_ids_dir: {dirs['ids']}\n  podman_storage_conf: {storage}\n"
     )
     for f in (system_cfg, user_cfg):
         os.chown(f, uid, gid)
-    env = {"HOME": str(USER_HOME), "PATH": f"{dirs['bin']}:/usr/bin:/bin", "LANG": "C.UTF-8",
-           "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", ""), "FLAKES_CONFIG": str(system_cfg),
-           "XDG_CONFIG_HOME": str(dirs["config"]), "XDG_CACHE_HOME": str(dirs["cache"])}
+    env = {
+        "HOME": str(USER_HOME),
+        "PATH": f"{dirs['bin']}:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", ""),
+        "FLAKES_CONFIG": str(system_cfg),
+        "XDG_CONFIG_HOME": str(dirs["config"]),
+        "XDG_CACHE_HOME": str(dirs["cache"]),
+    }
     return Scope("user", root, dirs["flakes"], dirs["ids"], dirs["bin"], storage, env, uid, gid)
 
 

@@ -37,9 +37,7 @@ class Registry:
         env = {**os.environ, **self.env()}
         if storage is not None:
             env["CONTAINERS_STORAGE_CONF"] = str(storage)
-        subprocess.run(
-            ["podman", "push", "-q", image, ref], env=env, check=True, capture_output=True, timeout=120
-        )
+        subprocess.run(["podman", "push", "-q", image, ref], env=env, check=True, capture_output=True, timeout=120)
         return ref
 
 
@@ -60,18 +58,14 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: flo
                     return
         except OSError:
             time.sleep(0.05)  # poll interval while waiting for the condition
-    raise RuntimeError(
-        f"docker-registry did not answer {url} within {deadline_s} s: {log.read_text()[-2000:]}"
-    )
+    raise RuntimeError(f"docker-registry did not answer {url} within {deadline_s} s: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="session")
 def local_registry() -> Iterator[Registry]:
     binary = shutil.which(REGISTRY_BIN)
     if binary is None:
-        pytest.fail(
-            "docker-registry is not installed: run `make test` (scripts/setup-host.sh --test installs it)"
-        )
+        pytest.fail("docker-registry is not installed: run `make test` (scripts/setup-host.sh --test installs it)")
     root = Path(tempfile.mkdtemp(prefix="flake-registry-", dir="/var/tmp"))
     root.chmod(0o755)
     port = _free_port()

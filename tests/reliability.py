@@ -139,8 +139,7 @@ def render(rows: list[dict[str, object]]) -> str:
         "`tests/test_privilege*.py` against real podman 4.3 (runc), real Firecracker 1.12 with the tiny",
         "bare-metal guest, on a 2-core Debian 12 VM shared with other work. Every row is written by the test",
         "that ran the case; `pass` means every assertion of that test held. Regenerate with",
-        "`pytest tests/test_reliability_*.py tests/test_signals*.py tests/test_hostile_*.py "
-        "tests/test_privilege*.py`",
+        "`pytest tests/test_reliability_*.py tests/test_signals*.py tests/test_hostile_*.py tests/test_privilege*.py`",
         "(or `scripts/reliability-report` to re-render the last results). The audit of what runs as root",
         "is in [security.md](security.md).",
         "",
@@ -167,9 +166,7 @@ def render(rows: list[dict[str, object]]) -> str:
         lines.append("")
     for name, members in groups.items():
         lines += [f"### {name}: every input", ""]
-        lines += [
-            f"- {m.get('result')}: {_cell(m.get('case'))} -> `{_cell(m.get('detail', ''))}`" for m in members
-        ]
+        lines += [f"- {m.get('result')}: {_cell(m.get('case'))} -> `{_cell(m.get('detail', ''))}`" for m in members]
         lines.append("")
     summary = ", ".join(f"{v} {k}" for k, v in total.items() if v)
     lines.insert(12, f"Summary: {len(rows)} cases: {summary}.")

@@ -62,9 +62,7 @@ def scripts(tmp_path: Path) -> dict[str, Path]:
 def registered(prefix: Prefix, bb_image: str) -> Path:
     """A registered flake in the private prefix (so `--app` has a candidate)."""
     app = prefix.bin_dir / "comp-echo"
-    prefix.ctl(
-        "podman", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/echo", check=True
-    )
+    prefix.ctl("podman", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/echo", check=True)
     return app
 
 
@@ -180,9 +178,7 @@ def test_fish(scripts: dict[str, Path], prefix: Prefix, registered: Path) -> Non
     fish = scripts["fish"]
     assert set(fish_complete(fish, "flake-ctl ", prefix.env)) == commands()
     assert set(fish_complete(fish, "flake-ctl podman --user ", prefix.env)) == commands("podman")
-    assert set(fish_complete(fish, "flake-ctl podman register --", prefix.env)) >= long_options(
-        "podman", "register"
-    )
+    assert set(fish_complete(fish, "flake-ctl podman register --", prefix.env)) >= long_options("podman", "register")
     assert fish_complete(fish, "flake-ctl podman remove --app ", prefix.env) == [str(registered)]
     assert BB_IMAGE in fish_complete(fish, "flake-ctl podman register --container ", prefix.env)
 

@@ -242,9 +242,7 @@ def test_resolve_archive_glob_takes_last_match(tmp_path: Path) -> None:
     for v in ("1.0", "1.2", "1.10"):
         (tmp_path / f"img-{v}.tar").write_text("x")
     assert resolve_archive(str(tmp_path / "img-1.2.tar")) == str(tmp_path / "img-1.2.tar")
-    assert resolve_archive(str(tmp_path / "img-")) == str(
-        tmp_path / "img-1.2.tar"
-    )  # sorted order, like the original
+    assert resolve_archive(str(tmp_path / "img-")) == str(tmp_path / "img-1.2.tar")  # sorted order, like the original
     with pytest.raises(NotFoundError):
         resolve_archive(str(tmp_path / "other"))
     with pytest.raises(UsageError):

@@ -49,12 +49,8 @@ def test_relative_app_and_bad_names(prefix: Prefix, bb_image: str) -> None:
     one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/../x"), 2, "'..'")
     one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/.hidden"), 2, "invalid --app name")
     one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/a", "--target", "bin/a"), 2, "--target")
-    one_line_error(
-        prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/a", "--include-tar", "x.tar"), 2, "--include-tar"
-    )
-    one_line_error(
-        prefix.ctl("podman", "register", "--container=-x", "--app", f"{prefix.bin_dir}/a"), 2, "--container"
-    )
+    one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/a", "--include-tar", "x.tar"), 2, "--include-tar")
+    one_line_error(prefix.ctl("podman", "register", "--container=-x", "--app", f"{prefix.bin_dir}/a"), 2, "--container")
     one_line_error(prefix.ctl(*reg, "--app", f"{prefix.bin_dir}/a", "--layer", "l1"), 2, "--layer", "--base")
     one_line_error(prefix.ctl("podman", "remove", "--app", "relative"), 2, "--app")
     assert snapshot(prefix.root) == before
@@ -77,9 +73,7 @@ def test_malformed_generic_config(prefix: Prefix) -> None:
     one_line_error(prefix.ctl("list"), 3, str(prefix.config), "invalid YAML at line")
     prefix.config.write_text("generic:\n  flakes_dir: relative/flakes\n")
     one_line_error(prefix.ctl("list"), 3, str(prefix.config), "generic.flakes_dir")
-    prefix.config.write_text(
-        f"generic:\n  flakes_dir: {prefix.flakes_dir}\n  podman_storage_conf: /nowhere/s.conf\n"
-    )
+    prefix.config.write_text(f"generic:\n  flakes_dir: {prefix.flakes_dir}\n  podman_storage_conf: /nowhere/s.conf\n")
     one_line_error(
         prefix.ctl("podman", "pull", "--uri", "x/y"),
         3,
@@ -110,9 +104,7 @@ def test_broken_registrations_are_reported_and_listing_goes_on(prefix: Prefix, b
     assert len(errors) == 3
     assert f"{prefix.flakes_dir}/bad.yaml: invalid YAML" in errors[0]
     assert "key 'container.name' is missing" in errors[1]
-    assert (
-        f"{prefix.flakes_dir}/typo.yaml: key 'container.runtime.resume': expected true or false" in errors[2]
-    )
+    assert f"{prefix.flakes_dir}/typo.yaml: key 'container.runtime.resume': expected true or false" in errors[2]
     assert snapshot(prefix.root) == before
 
 
@@ -146,9 +138,7 @@ def test_remove_refuses_foreign_file(prefix: Prefix) -> None:
 def test_failed_registration_rolls_back(prefix: Prefix, bb_image: str) -> None:
     (prefix.root / "blocker").write_text("a file where the app's directory should be\n")
     before = snapshot(prefix.root)
-    proc = prefix.ctl(
-        "podman", "register", "--container", bb_image, "--app", str(prefix.root / "blocker/app")
-    )
+    proc = prefix.ctl("podman", "register", "--container", bb_image, "--app", str(prefix.root / "blocker/app"))
     one_line_error(proc, 1, "registration failed")
     assert snapshot(prefix.root) == before  # config and drop-in dir were rolled back
 

@@ -79,9 +79,7 @@ def test_installed_programs_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"podman_storage_conf: {etc}/flakes/storage.conf" in (etc / "flakes.yml").read_text()
     env = {"PATH": "/usr/bin:/bin", "FLAKES_CONFIG": str(etc / "flakes.yml"), "HOME": str(tmp_path)}
-    version = subprocess.run(
-        [str(prefix / "bin/flake-ctl"), "--version"], capture_output=True, text=True, env=env
-    )
+    version = subprocess.run([str(prefix / "bin/flake-ctl"), "--version"], capture_output=True, text=True, env=env)
     assert version.returncode == 0 and version.stdout.startswith("flake-ctl ")
     # flakes_dir of the installed default config is /usr/share/flakes: point it into the test dir
     cfg = (etc / "flakes.yml").read_text().replace("/usr/share/flakes", str(tmp_path / "flakes"))
@@ -97,9 +95,7 @@ def test_installed_programs_run(tmp_path: Path) -> None:
         env=env,
     )
     assert reg.returncode == 0, reg.stderr
-    assert os.readlink(app) == str(
-        prefix / "bin/podman-pilot"
-    )  # the installed launcher, found next to flake-ctl
+    assert os.readlink(app) == str(prefix / "bin/podman-pilot")  # the installed launcher, found next to flake-ctl
     listed = subprocess.run(
         [str(prefix / "bin/flake-ctl"), "list", "--format", "csv"], capture_output=True, text=True, env=env
     )
@@ -131,8 +127,12 @@ def test_installed_launcher_starts_without_site(tmp_path: Path) -> None:
     )
     app.symlink_to(launcher)
     cache = tmp_path / "cache"
-    env = {"PATH": "/usr/bin:/bin", "FLAKES_CONFIG": str(tmp_path / "flakes.yml"), "HOME": str(tmp_path),
-           "XDG_CACHE_HOME": str(cache)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FLAKES_CONFIG": str(tmp_path / "flakes.yml"),
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(cache),
+    }
 
     def launch(*pre: str) -> subprocess.CompletedProcess:
         done = subprocess.run([*pre, str(app), "-c", "true"], capture_output=True, text=True, env=env, timeout=60)

@@ -155,9 +155,7 @@ def test_pull_from_local_registry(
     assert proc.stdout.startswith(f"pulled {ref}")
     assert podman("image", "exists", ref, storage=store, check=False).returncode == 0
     # an unknown image: podman's reason in one line, no retry, nothing pulled
-    bad = p.ctl(
-        "--debug", "podman", "pull", "--uri", f"{local_registry.location}/no/such:1", env=local_registry.env()
-    )
+    bad = p.ctl("--debug", "podman", "pull", "--uri", f"{local_registry.location}/no/such:1", env=local_registry.env())
     assert bad.returncode == 6
     assert len(engine_calls(bad.stderr, "pull")) == 1  # --debug prints each command line: exactly one try
     assert "manifest unknown" in bad.stderr.splitlines()[-1] or "not found" in bad.stderr.splitlines()[-1]
@@ -179,9 +177,7 @@ def _cid_file(p: Prefix, name: str, content: str) -> Path:
 def test_show_instances_with_one_podman_call(prefix: Prefix, bb_image: str) -> None:
     register(prefix, "svc", "--resume", image=bb_image)
     storage = prefix.storage
-    running = podman(
-        "run", "-d", "--network", "none", bb_image, "sleep", "120", storage=storage
-    ).stdout.strip()
+    running = podman("run", "-d", "--network", "none", bb_image, "sleep", "120", storage=storage).stdout.strip()
     created = podman("create", "--network", "none", bb_image, "true", storage=storage).stdout.strip()
     try:
         _cid_file(prefix, "svc", running + "\n")

@@ -73,9 +73,7 @@ def user() -> Iterator[User]:
     try:
         pw = pwd.getpwnam(TEST_USER)
     except KeyError:
-        pytest.fail(
-            f"test user {TEST_USER} missing: run `make test` (scripts/setup-host.sh --test creates it)"
-        )
+        pytest.fail(f"test user {TEST_USER} missing: run `make test` (scripts/setup-host.sh --test creates it)")
     root = Path(tempfile.mkdtemp(prefix="flake-user-", dir="/var/tmp"))
     root.chmod(0o755)
     home = root / "home"
@@ -86,8 +84,7 @@ def user() -> Iterator[User]:
     ids.chmod(0o1777)
     config = root / "flakes.yml"
     config.write_text(
-        f"generic:\n  flakes_dir: {root / 'system-flakes'}\n  podman_ids_dir: {ids}\n"
-        f"  firecracker_ids_dir: {ids}\n"
+        f"generic:\n  flakes_dir: {root / 'system-flakes'}\n  podman_ids_dir: {ids}\n  firecracker_ids_dir: {ids}\n"
     )
     config.chmod(0o644)
     try:
@@ -123,9 +120,7 @@ def test_init_user_writes_config_like_the_original(user: User) -> None:
     # existing files are kept without --force, replaced with it
     cfg.write_text("generic: {flakes_dir: /custom}\n")
     again = ok(user.ctl("init", "--user"))
-    assert (
-        again.stderr.count("keeping existing") == 2 and cfg.read_text() == "generic: {flakes_dir: /custom}\n"
-    )
+    assert again.stderr.count("keeping existing") == 2 and cfg.read_text() == "generic: {flakes_dir: /custom}\n"
     ok(user.ctl("init", "--user", "--force"))
     assert yaml.safe_load(cfg.read_text()) == data
 
@@ -140,19 +135,13 @@ def test_user_flakes_end_to_end(
     ok(user.ctl("init", "--user"))
     loaded = ok(user.ctl("podman", "--user", "load", "--oci", str(archive)))
     assert bb_image in loaded.stdout and user.image_exists(bb_image)
-    info = user.ctl(
-        "podman", "--user", "register", "--container", bb_image, "--info"
-    )  # rootless create+cp+rm
+    info = user.ctl("podman", "--user", "register", "--container", bb_image, "--info")  # rootless create+cp+rm
     assert info.returncode == 4 and info.stderr.splitlines() == [
         f"flake-ctl: {bb_image}: no info file /bb.yaml in the image"
     ]
 
     app = user.home / "bin/bb-cat"
-    ok(
-        user.ctl(
-            "podman", "--user", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/cat"
-        )
-    )
+    ok(user.ctl("podman", "--user", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/cat"))
     assert os.readlink(app) == str(BIN / "podman-pilot") and app.lstat().st_uid == user.uid
     cfg = user.home / ".config/flakes/bb-cat.yaml"
     assert yaml.safe_load(cfg.read_text())["container"]["runtime"]["runas"] == user.name

@@ -58,10 +58,7 @@ def build(tag: str, containerfile: str, files: dict[str, str], storage: Path | N
 def build_images(storage: Path, work: Path) -> None:
     """base (with /removed), layer 1 (deletes a base file), layer 2 (ships /systemfiles), app."""
     write_host_files()
-    if all(
-        podman("image", "exists", i, storage=storage, check=False).returncode == 0
-        for i in (BASE, L1, L2, APP)
-    ):
+    if all(podman("image", "exists", i, storage=storage, check=False).returncode == 0 for i in (BASE, L1, L2, APP)):
         return
     import_image(
         BASE,
@@ -245,9 +242,7 @@ def test_host_files_synced(full: tuple[str, dict[str, str], Path]) -> None:
     assert shown[f"{HOSTDIR}/host-b.txt"] == "host-b.txt from the host"  # layer 2's /systemfiles output
 
 
-def test_composed_image_keeps_the_process_contract(
-    full: tuple[str, dict[str, str], Path], delta_images: Path
-) -> None:
+def test_composed_image_keeps_the_process_contract(full: tuple[str, dict[str, str], Path], delta_images: Path) -> None:
     proc = podman(
         "run",
         "--rm",
@@ -315,9 +310,7 @@ def test_rebuilt_layer_and_changed_include_invalidate(delta_images: Path, tmp_pa
     assert tag3 not in (tag1, tag2)
     assert run_in(tag3, delta_images, f"cat {inc}/v.txt") == "two\n"
     assert composed_of("drebuild", delta_images) == [tag3]  # older entries freed
-    compose.free_entries(
-        app="drebuild", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)}
-    )
+    compose.free_entries(app="drebuild", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)})
     podman("rmi", layer, storage=delta_images, check=False)
 
 
@@ -338,16 +331,12 @@ def test_changed_host_file_invalidates(delta_images: Path, tmp_path: Path) -> No
     host.write_text("v2\n")
     tag2 = compose_app(tmp_path, delta_images, "dhostchg", **kw)
     assert tag2 != tag1 and run_in(tag2, delta_images, f"cat {host}") == "v2\n"
-    compose.free_entries(
-        app="dhostchg", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)}
-    )
+    compose.free_entries(app="dhostchg", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)})
     podman("rmi", "localhost/flake-test/delta-hd:latest", storage=delta_images, check=False)
 
 
 def test_concurrent_first_launches_compose_once(delta_images: Path, tmp_path: Path) -> None:
-    procs = [
-        _debug_compose(tmp_path, delta_images, "dconc", base_container=BASE, layers=[L2]) for _ in range(3)
-    ]
+    procs = [_debug_compose(tmp_path, delta_images, "dconc", base_container=BASE, layers=[L2]) for _ in range(3)]
     results = [p.communicate(timeout=180) for p in procs]
     assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
     assert len({out for out, _ in results}) == 1
@@ -402,9 +391,7 @@ def test_private_or_missing_host_file(delta_images: Path, tmp_path: Path) -> Non
         compose_app(tmp_path, delta_images, "dprivate", name=image, check_host_dependencies=True)
     _nothing_left(tmp_path, delta_images, "dprivate")
     # %ignore_sync_error: the refused and the missing file are skipped, the rest is copied
-    tag = compose_app(
-        tmp_path, delta_images, "dprivate", ignore=True, name=image, check_host_dependencies=True
-    )
+    tag = compose_app(tmp_path, delta_images, "dprivate", ignore=True, name=image, check_host_dependencies=True)
     out = run_in(tag, delta_images, f"cat {HOSTDIR}/host-a.txt; ls {HOSTDIR}")
     assert out == "host-a.txt from the host\nhost-a.txt\n"
     compose.free_entries(image=image, podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)})
@@ -439,13 +426,9 @@ def test_full_disk_leaves_nothing(delta_images: Path, tmp_path: Path) -> None:
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(small)]).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
     try:
-        flake = parse(
-            "dfull2", str(registration(tmp_path / "flakes", "dfull2", base_container=BASE, layers=[L1]))
-        )
+        flake = parse("dfull2", str(registration(tmp_path / "flakes", "dfull2", base_container=BASE, layers=[L1])))
         with pytest.raises(errors.FlakeError, match="no space left on device"):
-            compose.ensure_image(
-                flake, PODMAN, {"CONTAINERS_STORAGE_CONF": str(delta_images)}, state_dir=str(small)
-            )
+            compose.ensure_image(flake, PODMAN, {"CONTAINERS_STORAGE_CONF": str(delta_images)}, state_dir=str(small))
         assert os.listdir(small / "compose") == ["dfull2.lock"]
         assert composed_of("dfull2", delta_images) == []
     finally:
@@ -482,18 +465,16 @@ def test_cache_list_prune_and_free(delta_images: Path, tmp_path: Path, prefix) -
     podman("tag", BASE, alias, storage=delta_images)
     tag = compose_app(tmp_path, delta_images, "dcache", base_container=alias)
     assert (
-        compose.free_entries(
-            image=alias, podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)}
-        ).count(tag)
+        compose.free_entries(image=alias, podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)}).count(
+            tag
+        )
         == 1
     )
     assert composed_of("dcache", delta_images) == []
     podman("untag", alias, alias, storage=delta_images)
 
 
-def test_warm_check_reads_the_store_quickly(
-    full: tuple[str, dict[str, str], Path], delta_images: Path
-) -> None:
+def test_warm_check_reads_the_store_quickly(full: tuple[str, dict[str, str], Path], delta_images: Path) -> None:
     """Correctness of the cheap path: the store index resolves what podman resolves."""
     from flake_pilot.podman import compose_store
 
@@ -506,9 +487,7 @@ def test_warm_check_reads_the_store_quickly(
     assert index.resolve("localhost/flake-test/never-built:latest") is None
 
 
-def test_warm_image_skips_the_parse_until_the_registration_changes(
-    delta_images: Path, tmp_path: Path
-) -> None:
+def test_warm_image_skips_the_parse_until_the_registration_changes(delta_images: Path, tmp_path: Path) -> None:
     tag = compose_app(tmp_path, delta_images, "dwarm", base_container=BASE)
     config = tmp_path / "flakes" / "dwarm.yaml"
     env = {"CONTAINERS_STORAGE_CONF": str(delta_images)}
@@ -517,9 +496,7 @@ def test_warm_image_skips_the_parse_until_the_registration_changes(
         return compose.warm_image("dwarm", str(config), PODMAN, env, state_dir=str(state(tmp_path)))
 
     assert warm() == tag
-    podman(
-        "tag", BASE, "localhost/flake-test/delta-unrelated:latest", storage=delta_images
-    )  # store rewritten
+    podman("tag", BASE, "localhost/flake-test/delta-unrelated:latest", storage=delta_images)  # store rewritten
     try:
         assert warm() == tag  # checked in images.json, still the same inputs
     finally:

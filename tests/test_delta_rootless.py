@@ -64,9 +64,7 @@ def user(system_storage: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         pw = pwd.getpwnam(TEST_USER)
     except KeyError:
-        pytest.fail(
-            f"test user {TEST_USER} missing: run `make test` (scripts/setup-host.sh --test creates it)"
-        )
+        pytest.fail(f"test user {TEST_USER} missing: run `make test` (scripts/setup-host.sh --test creates it)")
     build_images(system_storage, tmp_path_factory.mktemp("delta-build"))
     root = Path(tempfile.mkdtemp(prefix="delta-rootless-", dir=STATE))
     root.chmod(0o755)
@@ -95,9 +93,7 @@ def test_rootless_composition(user: User) -> None:
     (inc / "user.txt").write_text("from the user\n")
     os.chown(inc, user.uid, -1)
     os.chown(inc / "user.txt", user.uid, -1)
-    proc = user.compose(
-        "drootless", base_container=BASE, layers=[L1, L2], include={"tar": None, "path": [str(inc)]}
-    )
+    proc = user.compose("drootless", base_container=BASE, layers=[L1, L2], include={"tar": None, "path": [str(inc)]})
     assert proc.returncode == 0, proc.stderr
     tag = proc.stdout.strip()
     assert "unshare" not in proc.stderr and " mount " not in proc.stderr  # no mount needed
@@ -124,9 +120,7 @@ def test_rootless_composition(user: User) -> None:
         "host-b.txt from the host",
         "gone",
     ]
-    again = user.compose(
-        "drootless", base_container=BASE, layers=[L1, L2], include={"tar": None, "path": [str(inc)]}
-    )
+    again = user.compose("drootless", base_container=BASE, layers=[L1, L2], include={"tar": None, "path": [str(inc)]})
     assert again.returncode == 0 and again.stdout.strip() == tag
     assert "compose: cache hit" in again.stderr and "+ " not in again.stderr  # warm: no engine call
     listed = user.run("podman", "--log-level=error", "images", "--format", "json")

@@ -26,9 +26,7 @@ def test_removed_list_refuses_dotdot(line: str) -> None:
         hostdeps.parse_list(f"/ok\n{line}\n", "img:/removed")
 
 
-@pytest.mark.parametrize(
-    ("name", "clean"), [("./etc/a", "etc/a"), ("/etc//a/", "etc/a"), (".", ""), ("a/./b", "a/b")]
-)
+@pytest.mark.parametrize(("name", "clean"), [("./etc/a", "etc/a"), ("/etc//a/", "etc/a"), (".", ""), ("a/./b", "a/b")])
 def test_member_names_made_relative(name: str, clean: str) -> None:
     assert clean_name(name, "x") == clean
 

@@ -37,9 +37,7 @@ def by_check(records: list[dict[str, str]], check: str) -> dict[str, str]:
 @pytest.fixture
 def flake(prefix: Prefix, bb_image: str) -> Path:
     app = prefix.bin_dir / "doc-echo"
-    prefix.ctl(
-        "podman", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/echo", check=True
-    )
+    prefix.ctl("podman", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/echo", check=True)
     return app
 
 
@@ -157,10 +155,7 @@ def test_user_mode_as_a_rootless_user(tmp_path: Path) -> None:
     assert records["config"]["detail"].endswith(f"flakes in {user.pw_dir}/.config/flakes")
 
     def listed(path: str) -> bool:
-        return any(
-            line.split(":")[0] in (TEST_USER, str(user.pw_uid))
-            for line in Path(path).read_text().splitlines()
-        )
+        return any(line.split(":")[0] in (TEST_USER, str(user.pw_uid)) for line in Path(path).read_text().splitlines())
 
     expected = "ok" if listed("/etc/subuid") and listed("/etc/subgid") else "warn"
     assert records["subuid/subgid"]["status"] == expected, records["subuid/subgid"]

@@ -22,8 +22,19 @@ def test_dirname_and_basename_match_posixpath(path: str) -> None:
 
 @pytest.mark.parametrize(
     "parts",
-    [("a", "b"), ("a/", "b"), ("", "b"), ("a", "/b"), ("/", "x", "y"), ("a", "", "b"), ("a", ""), ("", ""),
-     ("/a", "b/", "c"), ("/a", "/b", "c"), ("a//", "b")],
+    [
+        ("a", "b"),
+        ("a/", "b"),
+        ("", "b"),
+        ("a", "/b"),
+        ("/", "x", "y"),
+        ("a", "", "b"),
+        ("a", ""),
+        ("", ""),
+        ("/a", "b/", "c"),
+        ("/a", "/b", "c"),
+        ("a//", "b"),
+    ],
 )
 def test_join_matches_posixpath(parts: tuple[str, ...]) -> None:
     assert fastos.join(*parts) == posixpath.join(*parts)
@@ -56,8 +67,9 @@ def test_launcher_snapshot_decodes_like_os_environ_without_importing_os() -> Non
         "print(loaded, snap == dict(os.environ), repr(snap['FASTOS_RAW']))"
     )
     env = {b"PATH": b"/usr/bin:/bin", b"FASTOS_RAW": b"caf\xe9 \xc3\xa9"}
-    done = subprocess.run([sys.executable, "-IS", "-c", probe, str(SRC)], env=env, capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-IS", "-c", probe, str(SRC)], env=env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(" ", 2) == ["False", "True", repr("caf\udce9 \u00e9") + "\n"]
 
@@ -79,6 +91,14 @@ def test_which_matches_shutil_which(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "plain").write_text("")
     (tmp_path / "dir").mkdir()
     monkeypatch.setitem(fastos.environ, "PATH", f"/nonexistent:{tmp_path}:/usr/bin:/bin")
-    for program in ("tool", "plain", "dir", "sh", "no-such-tool", str(tmp_path / "tool"), str(tmp_path / "dir"),
-                    str(tmp_path / "plain")):
+    for program in (
+        "tool",
+        "plain",
+        "dir",
+        "sh",
+        "no-such-tool",
+        str(tmp_path / "tool"),
+        str(tmp_path / "dir"),
+        str(tmp_path / "plain"),
+    ):
         assert fastos.which(program) == shutil.which(program, path=fastos.environ["PATH"]), program

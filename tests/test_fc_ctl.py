@@ -84,9 +84,7 @@ def kis_site(rootfs_bytes: bytes) -> Site:
 # -- pull --------------------------------------------------------------------------------------------
 
 
-def test_pull_kis_over_https(
-    fc: Prefix, cert: tuple[Path, Path], kis_site: Site, rootfs_bytes: bytes
-) -> None:
+def test_pull_kis_over_https(fc: Prefix, cert: tuple[Path, Path], kis_site: Site, rootfs_bytes: bytes) -> None:
     with serve(kis_site, cert) as srv:
         res = fc.ctl("firecracker", "pull", "--name", "leap", "--kis-image", srv.url("/leap.tar.xz"))
     assert res.returncode == 0, res.stderr
@@ -203,14 +201,9 @@ def test_tampered_tarball_refused_and_force_keeps_old(
         res = fc.ctl("firecracker", "pull", "--name", "leap", "--kis-image", srv.url("/tampered.tar.xz"))
         assert res.returncode == 7 and "checksum mismatch" in res.stderr
         assert snapshot(fc).get("images/leap") is None
-        assert (
-            fc.ctl("firecracker", "pull", "--name", "leap", "--kis-image", srv.url("/leap.tar.xz")).returncode
-            == 0
-        )
+        assert fc.ctl("firecracker", "pull", "--name", "leap", "--kis-image", srv.url("/leap.tar.xz")).returncode == 0
         before = snapshot(fc)
-        forced = fc.ctl(
-            "firecracker", "pull", "--force", "--name", "leap", "--kis-image", srv.url("/tampered.tar.xz")
-        )
+        forced = fc.ctl("firecracker", "pull", "--force", "--name", "leap", "--kis-image", srv.url("/tampered.tar.xz"))
     assert forced.returncode == 7
     assert snapshot(fc) == before  # the old image stays until a new one verified
     assert_clean(fc)
@@ -428,15 +421,8 @@ def fc_id(p: Prefix, meta: str) -> str:
     return InstancePaths(str(p.ids_dir / str(os.getuid())), meta).fc_id
 
 
-def test_show_tells_running_from_stopped_and_reused_pids(
-    pulled: Prefix, fake_firecracker: FakeFirecracker
-) -> None:
-    assert (
-        pulled.ctl(
-            "firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "vmapp")
-        ).returncode
-        == 0
-    )
+def test_show_tells_running_from_stopped_and_reused_pids(pulled: Prefix, fake_firecracker: FakeFirecracker) -> None:
+    assert pulled.ctl("firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "vmapp")).returncode == 0
     ids = pulled.ids_dir / str(os.getuid())
     ids.mkdir(parents=True)
     other = subprocess.Popen(["sleep", "300"])  # a live process that is not firecracker: a reused PID
@@ -485,9 +471,7 @@ def user_home(cert: tuple[Path, Path]) -> Iterator[tuple[Path, dict[str, str]]]:
 
         pw = pwd.getpwnam(TEST_USER)
     except KeyError:
-        pytest.fail(
-            f"test user {TEST_USER!r} missing: run `make test` (scripts/setup-host.sh --test creates it)"
-        )
+        pytest.fail(f"test user {TEST_USER!r} missing: run `make test` (scripts/setup-host.sh --test creates it)")
     STATE.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="fc-user-", dir=STATE))
     os.chmod(home, 0o755)
@@ -555,9 +539,7 @@ def test_user_mode_pull_register_remove(
     assert (image / "rootfs").stat().st_uid != 0
     assert debugfs_cat(image / "rootfs", "/usr/sbin/sci") == sci.read_bytes()  # debugfs -w without root
     app = home / "bin" / "myapp"
-    res = as_user(
-        env, "firecracker", "register", "--user", "--vm", "leap", "--app", str(app), "--overlay-size", "1g"
-    )
+    res = as_user(env, "firecracker", "register", "--user", "--vm", "leap", "--app", str(app), "--overlay-size", "1g")
     assert res.returncode == 0, res.stderr
     flake = flakeconf.parse("myapp", str(home / ".config" / "flakes" / "myapp.yaml"))
     assert isinstance(flake, flakeconf.VmFlake) and flake.runas == TEST_USER
@@ -570,9 +552,7 @@ def test_user_mode_pull_register_remove(
 
 
 def test_help_lists_every_original_option() -> None:
-    out = subprocess.run(
-        [str(BIN / "flake-ctl"), "firecracker", "register", "--help"], capture_output=True, text=True
-    )
+    out = subprocess.run([str(BIN / "flake-ctl"), "firecracker", "register", "--help"], capture_output=True, text=True)
     for option in (
         "--vm",
         "--app",
@@ -678,20 +658,13 @@ def test_interrupted_pull_leaves_the_registry_as_it_was(
 
 
 def test_remove_vm_refuses_while_an_instance_runs(pulled: Prefix, fake_firecracker: FakeFirecracker) -> None:
-    assert (
-        pulled.ctl(
-            "firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "busy")
-        ).returncode
-        == 0
-    )
+    assert pulled.ctl("firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "busy")).returncode == 0
     ids = pulled.ids_dir / str(os.getuid())
     ids.mkdir(parents=True)
     (ids / "busy@one.vmid").write_text(str(fake_firecracker(fc_id(pulled, "busy@one")).pid))
     refused = pulled.ctl("firecracker", "remove", "--vm", "leap")
     assert refused.returncode == 5 and "busy@one" in refused.stderr
-    assert (registry(pulled) / "images" / "leap" / "rootfs").is_file() and (
-        pulled.flakes_dir / "busy.yaml"
-    ).exists()
+    assert (registry(pulled) / "images" / "leap" / "rootfs").is_file() and (pulled.flakes_dir / "busy.yaml").exists()
     forced = pulled.ctl("firecracker", "remove", "--vm", "leap", "--force")
     assert forced.returncode == 0, forced.stderr
     assert not (registry(pulled) / "images" / "leap").exists()
@@ -769,9 +742,7 @@ def test_registration_feeds_firecracker_pilot(pulled: Prefix, no_net: bool) -> N
     from flake_pilot.firecracker import vmdef
 
     args = ["--no-net"] if no_net else []
-    res = pulled.ctl(
-        "firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "net"), "--resume", *args
-    )
+    res = pulled.ctl("firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "net"), "--resume", *args)
     assert res.returncode == 0, res.stderr
     flake = flakeconf.parse("net", str(pulled.flakes_dir / "net.yaml"))
     assert isinstance(flake, flakeconf.VmFlake)

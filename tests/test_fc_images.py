@@ -49,6 +49,7 @@ def _fetch(url: str, dest: Path) -> str:
 
 # -- kis -----------------------------------------------------------------------------------------
 
+
 def test_kis_extract_classifies_members_and_verifies_blocks(tmp_path: Path) -> None:
     rootfs = os.urandom(512 * 7)
     out = tmp_path / "out"
@@ -131,6 +132,7 @@ def test_kis_rejects_garbage(tmp_path: Path) -> None:
 
 # -- debugfs ---------------------------------------------------------------------------------------
 
+
 def test_readiness_and_sci_install_read_back(tmp_path: Path) -> None:
     files = {"usr/bin/python3": b"#!fake python\n", "etc/hostname": b"vm\n"}
     image = ext4_image(tmp_path / "rootfs.ext4", files)
@@ -175,8 +177,10 @@ def test_non_ext_image_is_reported_not_modified(tmp_path: Path) -> None:
 
 # -- downloads ---------------------------------------------------------------------------------------
 
-def test_https_download_streams_and_hashes(tmp_path: Path, cert: tuple[Path, Path],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_https_download_streams_and_hashes(
+    tmp_path: Path, cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(cert[0]))
     data = os.urandom(3 * 1024 * 1024 + 5)
     with serve(Site(files={"/rootfs": data}), cert) as srv:
@@ -188,8 +192,9 @@ def test_https_download_streams_and_hashes(tmp_path: Path, cert: tuple[Path, Pat
             download.fetch(download.parse_source(srv.url("/nope"), "x"), str(tmp_path / "n"), "n")
 
 
-def test_untrusted_certificate_is_refused(tmp_path: Path, cert: tuple[Path, Path],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_untrusted_certificate_is_refused(
+    tmp_path: Path, cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = make_cert(tmp_path / "other")
     monkeypatch.setenv("SSL_CERT_FILE", str(other[0]))
     with serve(Site(files={"/rootfs": b"data"}), cert) as srv:
@@ -208,8 +213,7 @@ def test_plain_http_needs_the_variable(tmp_path: Path, monkeypatch: pytest.Monke
     assert (tmp_path / "k").read_bytes() == b"kernel"
 
 
-def test_redirect_to_http_is_refused(tmp_path: Path, cert: tuple[Path, Path],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redirect_to_http_is_refused(tmp_path: Path, cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(cert[0]))
     monkeypatch.delenv(download.INSECURE_ENV, raising=False)
     with serve(Site(files={"/k": b"kernel"}), None) as plain:
@@ -222,8 +226,9 @@ def test_redirect_to_http_is_refused(tmp_path: Path, cert: tuple[Path, Path],
     assert (tmp_path / "ok").read_bytes() == b"fine"
 
 
-def test_dropped_connection_is_an_error(tmp_path: Path, cert: tuple[Path, Path],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dropped_connection_is_an_error(
+    tmp_path: Path, cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(cert[0]))
     with serve(Site(files={"/big": os.urandom(2 * 1024 * 1024)}, drop={"/big"}), cert) as srv:
         with pytest.raises(DownloadError, match="incomplete download|transfer failed"):
@@ -235,8 +240,10 @@ def test_local_sources(tmp_path: Path) -> None:
     src.write_bytes(b"k" * 100)
     for text in (str(src), "file://" + str(src).replace(" ", "%20")):
         dest = tmp_path / f"out{len(text)}"
-        assert download.fetch(download.parse_source(text, "--kernel"), str(dest), "k") == \
-            hashlib.sha256(b"k" * 100).hexdigest()
+        assert (
+            download.fetch(download.parse_source(text, "--kernel"), str(dest), "k")
+            == hashlib.sha256(b"k" * 100).hexdigest()
+        )
     with pytest.raises(NotFoundError):
         download.fetch(download.parse_source(str(tmp_path / "missing"), "--kernel"), str(tmp_path / "m"), "m")
     with pytest.raises(UsageError, match="unsupported URL scheme"):
@@ -247,8 +254,12 @@ def test_local_sources(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fstype", ["ext2", "ext3"])
 def test_sci_install_on_ext2_ext3_with_a_python3_symlink(tmp_path: Path, fstype: str) -> None:
     """Debian's layout: /usr/bin/python3 -> python3.11, merged /sbin -> usr/sbin, no /usr/sbin yet."""
-    image = ext4_image(tmp_path / "rootfs.img", {"usr/bin/python3.11": b"#!fake\n"}, fstype=fstype,
-                       links={"usr/bin/python3": "python3.11", "sbin": "usr/sbin"})
+    image = ext4_image(
+        tmp_path / "rootfs.img",
+        {"usr/bin/python3.11": b"#!fake\n"},
+        fstype=fstype,
+        links={"usr/bin/python3": "python3.11", "sbin": "usr/sbin"},
+    )
     assert guestfs.readiness(str(image)) == guestfs.Readiness(True, False, True)
     sci = tmp_path / "sci"
     sci.write_bytes(b"#!/usr/bin/python3 -I\n" + os.urandom(500))
@@ -270,11 +281,11 @@ def test_downloads_keep_images_sparse(tmp_path: Path) -> None:
     assert dest.stat().st_blocks * 512 < len(data) // 4
 
 
-def test_http_status_handling(tmp_path: Path, cert: tuple[Path, Path],
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_status_handling(tmp_path: Path, cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(cert[0]))
     site = Site(status={"/s3.sha256": 403, "/gone.sha256": 410, "/broken.sha256": 500, "/img": 503})
     with serve(site, cert) as srv:
+
         def small(path: str) -> bytes | None:
             return download.fetch_small(download.parse_source(srv.url(path), "x"))
 

@@ -68,10 +68,15 @@ class FakeGuestVsock:
 SCRIPT = 'echo "out:$1"; echo err >&2; read x; echo "in:$x"; exit 3'
 
 
-def launch(vp: VmPrefix, app: str, *args: str, stdin: str,
-           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(vp.prefix.bin_dir / app), *args], env={**vp.prefix.env, **(env or {})},
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def launch(vp: VmPrefix, app: str, *args: str, stdin: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(vp.prefix.bin_dir / app), *args],
+        env={**vp.prefix.env, **(env or {})},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_one_shot_vsock_session_process_contract(vm_prefix: VmPrefix) -> None:
@@ -100,8 +105,9 @@ def test_resume_vm_kept_and_reused_by_later_calls(vm_prefix: VmPrefix) -> None:
         pid = int((vm_prefix.state / "rs.vmid").read_text())
         assert f"started firecracker pid {pid}" in err
         assert alive(pid)  # kept after the program ended
-        calls = [launch(vm_prefix, "rs", "-c", f"read x; echo ${{x}}{i}", "%port:1234", env=env, stdin="")
-                 for i in range(2)]
+        calls = [
+            launch(vm_prefix, "rs", "-c", f"read x; echo ${{x}}{i}", "%port:1234", env=env, stdin="") for i in range(2)
+        ]
         results = [c.communicate("s\n", timeout=30) for c in calls]
         assert [c.returncode for c in calls] == [0, 0]
         assert sorted(out for out, _ in results) == ["s0\n", "s1\n"]

@@ -19,23 +19,43 @@ from flake_pilot.flakeconf import FirecrackerRuntime, Include, VmFlake
 def flake(**kw: object) -> VmFlake:
     fc = FirecrackerRuntime(
         boot_args=("init=/usr/sbin/sci", "console=ttyS0", "root=/dev/vda", "quiet"),
-        overlay_size=None, rootfs_image_path="/img/rootfs", kernel_image_path="/img/kernel",
-        initrd_path=None, mem_size_mib=256, vcpu_count=2, cache_type="Writeback",
+        overlay_size=None,
+        rootfs_image_path="/img/rootfs",
+        kernel_image_path="/img/kernel",
+        initrd_path=None,
+        mem_size_mib=256,
+        vcpu_count=2,
+        cache_type="Writeback",
     )
     fc = replace(fc, **{k: v for k, v in kw.items() if hasattr(fc, k)})
-    base = VmFlake(app="mybash", config_file="/f/mybash.yaml", vm_name="leap", target_app_path="/bin/bash",
-                   host_app_path="/usr/bin/mybash", include=Include(), runas="root", resume=False,
-                   force_vsock=False, firecracker=fc)
+    base = VmFlake(
+        app="mybash",
+        config_file="/f/mybash.yaml",
+        vm_name="leap",
+        target_app_path="/bin/bash",
+        host_app_path="/usr/bin/mybash",
+        include=Include(),
+        runas="root",
+        resume=False,
+        force_vsock=False,
+        firecracker=fc,
+    )
     return replace(base, **{k: v for k, v in kw.items() if hasattr(base, k) and k != "firecracker"})
 
 
 def inst(**kw: object) -> vmdef.Instance:
-    base: dict[str, object] = {"meta": "mybash", "vsock_uds": "/s/sci_cmd_mybash.sock", "overlay": None,
-                               "tap": None, "mac": vmdef.guest_mac(0, "mybash")}
+    base: dict[str, object] = {
+        "meta": "mybash",
+        "vsock_uds": "/s/sci_cmd_mybash.sock",
+        "overlay": None,
+        "tap": None,
+        "mac": vmdef.guest_mac(0, "mybash"),
+    }
     return vmdef.Instance(**{**base, **kw})  # type: ignore[arg-type]
 
 
 # ---- TAP names ---------------------------------------------------------------------------------
+
 
 def test_tap_name_short_names_kept() -> None:
     assert tap.name("aws") == "tap-aws"
@@ -54,6 +74,7 @@ def test_tap_name_long_names_shortened_uniquely() -> None:
 
 # ---- boot args -----------------------------------------------------------------------------------
 
+
 def test_serial_mode_boot_args_quiet_and_quoted_command() -> None:
     line = vmdef.boot_args(flake(), ["-c", "ls -l /"], overlay=False)
     assert line.endswith(""" run="/bin/bash -c 'ls -l /'\"""")
@@ -69,8 +90,13 @@ def test_vsock_mode_boot_args() -> None:
     words = line.split()
     assert words[-1] == "run=vsock"
     assert "console=" in words and "console=ttyS0" not in words  # no kernel chatter on the console
-    assert {"overlay_root=/dev/vdb", "sci_resume=1", "sci_term=xterm-256color", "sci_lines=40",
-            "sci_columns=120"} <= set(words)
+    assert {
+        "overlay_root=/dev/vdb",
+        "sci_resume=1",
+        "sci_term=xterm-256color",
+        "sci_lines=40",
+        "sci_columns=120",
+    } <= set(words)
     assert "loglevel=0" not in words
     forced = vmdef.boot_args(flake(force_vsock=True), [], overlay=False).split()
     assert "sci_force_vsock=1" in forced and "sci_resume=1" not in forced
@@ -93,11 +119,19 @@ def test_bad_term_and_serial_quotes_rejected() -> None:
 
 # ---- VM definition -------------------------------------------------------------------------------
 
+
 def test_config_minimal_read_only() -> None:
     doc = vmdef.config(flake(), inst(), "console=ttyS0 run=vsock")
     assert doc["boot-source"] == {"kernel_image_path": "/img/kernel", "boot_args": "console=ttyS0 run=vsock"}
-    assert doc["drives"] == [{"drive_id": "rootfs", "path_on_host": "/img/rootfs", "is_root_device": True,
-                              "is_read_only": True, "cache_type": "Writeback"}]
+    assert doc["drives"] == [
+        {
+            "drive_id": "rootfs",
+            "path_on_host": "/img/rootfs",
+            "is_root_device": True,
+            "is_read_only": True,
+            "cache_type": "Writeback",
+        }
+    ]
     assert doc["machine-config"] == {"vcpu_count": 2, "mem_size_mib": 256}
     assert doc["vsock"] == {"guest_cid": 3, "uds_path": "/s/sci_cmd_mybash.sock"}
     assert "network-interfaces" not in doc
@@ -107,8 +141,13 @@ def test_config_overlay_initrd_network() -> None:
     f = flake(initrd_path="/img/initrd", cache_type="Unsafe", overlay_size="1GiB")
     doc = vmdef.config(f, inst(overlay="/s/mybash.ext2", tap="tap-mybash"), "x")
     assert doc["boot-source"]["initrd_path"] == "/img/initrd"
-    assert doc["drives"][1] == {"drive_id": "overlay", "path_on_host": "/s/mybash.ext2",
-                                "is_root_device": False, "is_read_only": False, "cache_type": "Unsafe"}
+    assert doc["drives"][1] == {
+        "drive_id": "overlay",
+        "path_on_host": "/s/mybash.ext2",
+        "is_root_device": False,
+        "is_read_only": False,
+        "cache_type": "Unsafe",
+    }
     (nic,) = doc["network-interfaces"]
     assert nic["host_dev_name"] == "tap-mybash" and nic["iface_id"] == "eth0"
     assert nic["guest_mac"] == vmdef.guest_mac(0, "mybash")
@@ -136,6 +175,7 @@ def test_missing_kernel_is_a_config_error() -> None:
 
 # ---- caller arguments ----------------------------------------------------------------------------
 
+
 def test_parse_args_instances_options_passthrough() -> None:
     call = parse_args("mybash", ["-c", "@work", "echo", "%port:1234", "@b=2", "%progress", "%other", "x@y"])
     assert call.meta == "mybash@work@b=2"
@@ -151,6 +191,7 @@ def test_parse_args_rejects(bad: list[str]) -> None:
 
 
 # ---- instance state --------------------------------------------------------------------------------
+
 
 def test_stale_instances_reaped(tmp_path: Path) -> None:
     state = str(tmp_path)
@@ -194,6 +235,7 @@ def test_is_vm_requires_firecracker_and_id() -> None:
 
 
 # ---- overlay ------------------------------------------------------------------------------------------
+
 
 def test_overlay_sparse_with_includes(tmp_path: Path) -> None:
     src = tmp_path / "inc"
@@ -274,6 +316,7 @@ def test_own_json_and_quoting_match_the_stdlib() -> None:
     doc = vmdef.config(flake(), inst(overlay="/s/o.ext2", tap="tap-x"), 'console=ttyS0 run="/bin/true"')
     assert vmdef.dumps(doc) == json.dumps(doc)
     assert vmdef.dumps({"a": [1, True, None, False, -3, (1, 2)], 5: "k"}) == json.dumps(
-        {"a": [1, True, None, False, -3, (1, 2)], 5: "k"})
+        {"a": [1, True, None, False, -3, (1, 2)], 5: "k"}
+    )
     with pytest.raises(TypeError):
         vmdef.dumps({"f": 1.5})

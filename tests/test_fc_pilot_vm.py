@@ -27,7 +27,7 @@ def virtio_devices(cmdline: str) -> int:
 def cmdline_of(stdout: str) -> str:
     lines = [ln for ln in stdout.replace("\r", "").splitlines() if ln.startswith("CMDLINE:")]
     assert lines, f"no CMDLINE line in {stdout!r}"
-    return lines[0][len("CMDLINE:"):]
+    return lines[0][len("CMDLINE:") :]
 
 
 def running_vm(vp: VmPrefix, meta: str) -> int:
@@ -153,8 +153,7 @@ def test_resume_concurrent_first_calls_boot_one_vm(vm_prefix: VmPrefix) -> None:
     assert sum("reusing VM pid" in e for e in errs) == 1, errs
     assert all(c.returncode == 125 for c in calls)
     assert any("no answer from sci on vsock port 52" in e for e in errs)
-    (booted,) = (int(e.split("started firecracker pid ")[1].split()[0])
-                 for e in errs if "started firecracker" in e)
+    (booted,) = (int(e.split("started firecracker pid ")[1].split()[0]) for e in errs if "started firecracker" in e)
     assert not alive(booted)  # the caller that booted the never-answering VM removed it
     assert vm_prefix.files() == set()
 
@@ -220,6 +219,7 @@ def test_tap_not_permitted_is_a_clear_error(vm_prefix: VmPrefix, tmp_path: Path)
     import pwd
 
     from conftest import TEST_USER
+
     try:
         user = pwd.getpwnam(TEST_USER)
     except KeyError:
@@ -231,8 +231,13 @@ def test_tap_not_permitted_is_a_clear_error(vm_prefix: VmPrefix, tmp_path: Path)
         if p == Path("/"):
             break
         os.chmod(p, os.stat(p).st_mode | 0o005)
-    res = subprocess.run(["runuser", "-u", TEST_USER, "--", str(vm_prefix.prefix.bin_dir / "net3")],
-                         env=vm_prefix.prefix.env, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["runuser", "-u", TEST_USER, "--", str(vm_prefix.prefix.bin_dir / "net3")],
+        env=vm_prefix.prefix.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 125, res.stderr
     assert res.stderr.startswith("net3: cannot create TAP device tap-net3:")
     assert f"ip tuntap add dev tap-net3 mode tap user {user.pw_uid}" in res.stderr
@@ -249,8 +254,13 @@ def test_serial_console_terminal_restored(vm_prefix: VmPrefix, guest: str) -> No
     vm_prefix.register("tty", guest=guest)
     master, slave = pty.openpty()
     try:
-        launcher = subprocess.Popen([str(vm_prefix.prefix.bin_dir / "tty")], env=vm_prefix.prefix.env,
-                                    stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+        launcher = subprocess.Popen(
+            [str(vm_prefix.prefix.bin_dir / "tty")],
+            env=vm_prefix.prefix.env,
+            stdin=slave,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+        )
         seen = bytearray()
 
         def greeted() -> bool:
@@ -276,6 +286,7 @@ def test_debug_keeps_guest_console_in_the_log(vm_prefix: VmPrefix) -> None:
     launcher = vm_prefix.popen("dbg", env={"PILOT_DEBUG": "1", "PILOT_BOOT_TIMEOUT": "30"})
     try:
         log = vm_prefix.state / "dbg.fc.log"
+
         def cmdline_logged() -> bool:  # the guest prints HELLO, then CMDLINE:<args>\r\n
             data = log.read_bytes() if log.exists() else b""
             return b"HELLO-FROM-TINY-GUEST" in data and b"\n" in data.partition(b"CMDLINE:")[2]
@@ -298,8 +309,19 @@ def test_serial_start_path_imports_no_heavy_modules(vm_prefix: VmPrefix) -> None
     past = time.time() - 10  # old inputs: no content check on a hit
     for f in (vm_prefix.prefix.flakes_dir / "imp.yaml", vm_prefix.prefix.config):
         os.utime(f, (past, past))
-    heavy = {"subprocess", "hashlib", "socket", "tempfile", "shutil", "glob", "logging", "http.client",
-             "argparse", "flake_pilot.protocol", "threading"}
+    heavy = {
+        "subprocess",
+        "hashlib",
+        "socket",
+        "tempfile",
+        "shutil",
+        "glob",
+        "logging",
+        "http.client",
+        "argparse",
+        "flake_pilot.protocol",
+        "threading",
+    }
     for run in ("parse", "cached"):
         res = vm_prefix.prefix.app("imp", env={"PYTHONPROFILEIMPORTTIME": "1"}, timeout=30)
         assert res.returncode == 0, res.stderr
@@ -307,8 +329,19 @@ def test_serial_start_path_imports_no_heavy_modules(vm_prefix: VmPrefix) -> None
         modules = {ln.rsplit("|", 1)[1].strip() for ln in lines}
         assert "flake_pilot.firecracker.vmdef" in modules  # the listing works
         assert ("yaml" in modules) == (run == "parse")
-        warm = {"typing", "dataclasses", "inspect", "enum", "ast", "re", "json", "ctypes", "shlex",
-                "flake_pilot.flakeconf", "flake_pilot.settings"}  # ~30 ms of imports a warm launch skips
+        warm = {
+            "typing",
+            "dataclasses",
+            "inspect",
+            "enum",
+            "ast",
+            "re",
+            "json",
+            "ctypes",
+            "shlex",
+            "flake_pilot.flakeconf",
+            "flake_pilot.settings",
+        }  # ~30 ms of imports a warm launch skips
         assert modules & (heavy | (warm if run == "cached" else set())) == set()
 
 

@@ -22,13 +22,19 @@ HOSTPY = "/usr/bin/python3"
 NOT_AT_LAUNCH = {"os", "__future__", "typing", "subprocess", "yaml", "_yaml", "site"}
 
 
-def test_installed_launcher_warm_launch_imports(tmp_path: Path, kvm: None, firecracker_bin: Path,
-                                                tiny_guest: dict[str, Path]) -> None:
+def test_installed_launcher_warm_launch_imports(
+    tmp_path: Path, kvm: None, firecracker_bin: Path, tiny_guest: dict[str, Path]
+) -> None:
     if not os.access(HOSTPY, os.X_OK):
         pytest.fail(f"{HOSTPY} missing: install.sh installs for the system Python (Debian python3)")
     prefix = tmp_path / "usr"
-    done = subprocess.run(["bash", str(ROOT / "scripts/install.sh"), "", str(prefix), str(tmp_path / "etc")],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts/install.sh"), "", str(prefix), str(tmp_path / "etc")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     launcher = prefix / "bin/firecracker-pilot"
     assert launcher.read_text().splitlines()[0] == f"#!{HOSTPY} -IS"
@@ -36,8 +42,10 @@ def test_installed_launcher_warm_launch_imports(tmp_path: Path, kvm: None, firec
     flakes.mkdir()
     bindir.mkdir()
     config = tmp_path / "flakes.yml"
-    config.write_text(f"generic:\n  flakes_dir: {flakes}\n  firecracker_ids_dir: {tmp_path / 'ids'}\n"
-                      f"  firecracker_binary: {firecracker_bin}\n")
+    config.write_text(
+        f"generic:\n  flakes_dir: {flakes}\n  firecracker_ids_dir: {tmp_path / 'ids'}\n"
+        f"  firecracker_binary: {firecracker_bin}\n"
+    )
     rootfs = tmp_path / "rootfs.img"
     with rootfs.open("wb") as f:
         f.truncate(4 * 1024 * 1024)  # the bare-metal guest never reads it; Firecracker needs a drive
@@ -46,18 +54,19 @@ def test_installed_launcher_warm_launch_imports(tmp_path: Path, kvm: None, firec
         "vm:\n  name: tiny\n  target_app_path: /bin/true\n  runtime:\n    firecracker:\n"
         '      boot_args: ["console=ttyS0"]\n'
         f"      rootfs_image_path: {rootfs}\n      kernel_image_path: {tiny_guest['reset']}\n"
-        "      mem_size_mib: 64\n      vcpu_count: 1\n")
+        "      mem_size_mib: 64\n      vcpu_count: 1\n"
+    )
     past = time.time() - 10  # old inputs: a cache hit needs no content check (a long-installed flake)
     for path in (config, registration):
         os.utime(path, (past, past))
     app = bindir / "tiny"
     app.symlink_to(launcher)
-    env = {"PATH": "/usr/bin:/bin", "FLAKES_CONFIG": str(config), "HOME": str(tmp_path),
-           "XDG_CACHE_HOME": str(cache)}
+    env = {"PATH": "/usr/bin:/bin", "FLAKES_CONFIG": str(config), "HOME": str(tmp_path), "XDG_CACHE_HOME": str(cache)}
 
     def launch(*pre: str) -> str:
-        done = subprocess.run([*pre, str(app)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              env=env, timeout=60, check=False)
+        done = subprocess.run(
+            [*pre, str(app)], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60, check=False
+        )
         assert done.returncode == 0, done.stderr
         assert "HELLO-FROM-TINY-GUEST" in done.stdout, done.stdout + done.stderr
         return done.stderr
@@ -69,5 +78,8 @@ def test_installed_launcher_warm_launch_imports(tmp_path: Path, kvm: None, firec
     assert "flake_pilot" in warm  # the trace is real
     assert not NOT_AT_LAUNCH & warm, sorted(warm)
     # the warm modules run from their .pyc without the import system; a stale one falls back to it
-    check_preload(lambda: imported(launch(HOSTPY, "-IS", "-X", "importtime")), prefix / "lib/flake-pilot",
-                  flake_pilot._WARM_FIRECRACKER)
+    check_preload(
+        lambda: imported(launch(HOSTPY, "-IS", "-X", "importtime")),
+        prefix / "lib/flake-pilot",
+        flake_pilot._WARM_FIRECRACKER,
+    )

@@ -31,9 +31,7 @@ def test_listing_commands_offer_formats() -> None:
         fmt = [o for o in node.options if "--format" in o.names]
         assert fmt, f"flake-ctl {' '.join(node.path)} has no --format"
         assert {"table", "json", "csv"} <= set(fmt[0].choices)
-        assert " ".join(node.path) in docs, (
-            f"flake-ctl {' '.join(node.path)}: fields not documented in README"
-        )
+        assert " ".join(node.path) in docs, f"flake-ctl {' '.join(node.path)}: fields not documented in README"
 
 
 def test_documented_fields_are_the_output(prefix: Prefix) -> None:

@@ -159,9 +159,7 @@ def test_fuzz_config_loader_trees() -> None:
 
 
 def test_fuzz_config_loader_raw_bytes() -> None:
-    with record(
-        "4", "fuzz: flakeconf.parse on raw bytes (YAML-ish text, aliases, tags)", count=EXAMPLES
-    ) as rec:
+    with record("4", "fuzz: flakeconf.parse on raw bytes (YAML-ish text, aliases, tags)", count=EXAMPLES) as rec:
         stats = [0, 0]
         with tempfile.TemporaryDirectory() as tmp:
             fragments = st.sampled_from(
@@ -206,9 +204,7 @@ def test_fuzz_config_loader_raw_bytes() -> None:
 
             run()
         rec.count = sum(stats)
-        rec.detail = (
-            f"{sum(stats)} inputs: {stats[0]} accepted, {stats[1]} refused (FlakeError); no other exception"
-        )
+        rec.detail = f"{sum(stats)} inputs: {stats[0]} accepted, {stats[1]} refused (FlakeError); no other exception"
 
 
 def test_alias_bomb_is_refused_fast(tmp_path: Path) -> None:
@@ -251,17 +247,13 @@ SPECIAL = st.sampled_from(
 
 
 def test_fuzz_caller_arguments() -> None:
-    with record(
-        "4", "fuzz: podman-pilot caller arguments (@NAME, %option, %VAR expansion)", count=EXAMPLES
-    ) as rec:
+    with record("4", "fuzz: podman-pilot caller arguments (@NAME, %option, %VAR expansion)", count=EXAMPLES) as rec:
         stats = [0, 0]
 
         @FUZZ
         @given(
             args=st.lists(
-                st.one_of(
-                    SPECIAL, st.text(max_size=12), st.builds(lambda a, b: a + b, SPECIAL, st.text(max_size=6))
-                ),
+                st.one_of(SPECIAL, st.text(max_size=12), st.builds(lambda a, b: a + b, SPECIAL, st.text(max_size=6))),
                 max_size=12,
             ),
             opts=st.lists(

@@ -85,9 +85,7 @@ YAML_CASES: dict[str, str | bytes] = {
     "invalid UTF-8": b"container:\n  name: \xff\xfe\n",
     "%VAR not set": good(runtime={"runas": "root", "podman": ["-e X=%FLAKE_HOSTILE_UNSET"]}),
     "%VAR: more than 64 expansions": good(runtime={"runas": "root", "podman": ["-e X=" + "%HOME" * 65]}),
-    "%VAR: expands beyond 64 KiB": good(
-        runtime={"runas": "root", "podman": ["-e X=%HOSTILE_BIG%HOSTILE_BIG"]}
-    ),
+    "%VAR: expands beyond 64 KiB": good(runtime={"runas": "root", "podman": ["-e X=%HOSTILE_BIG%HOSTILE_BIG"]}),
 }
 
 INSTANCE_CASES = {
@@ -269,9 +267,7 @@ def test_hostile_register_options(root_prefix: Prefix, argv: list[str]) -> None:
     hostile(
         f"flake-ctl register {' '.join(argv)!r}",
         root_prefix,
-        lambda: check(
-            Outcome(*_ctl(root_prefix, "podman", "register", *argv, "--app", app)), "flake-ctl", {2}
-        ),
+        lambda: check(Outcome(*_ctl(root_prefix, "podman", "register", *argv, "--app", app)), "flake-ctl", {2}),
     )
 
 

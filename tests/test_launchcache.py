@@ -27,7 +27,8 @@ def reg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_fresh_registration_is_cached_and_a_same_stamp_rewrite_is_seen(
-        reg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert plan.load("app").image == "img1"
     hit = plan.cached("app")  # written just now (racy): the content digest vouches for it
     assert hit is not None and hit.image == "img1"

@@ -22,9 +22,7 @@ from flake_pilot.ctl.main import build_parser
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("man")
-    subprocess.run(
-        [str(BIN / "python"), "-m", "flake_pilot.manpages", str(out)], check=True, capture_output=True
-    )
+    subprocess.run([str(BIN / "python"), "-m", "flake_pilot.manpages", str(out)], check=True, capture_output=True)
     return out
 
 
@@ -116,7 +114,5 @@ def test_flakes_yml_page(pages: Path) -> None:
 
 
 def test_roff_escaping() -> None:
-    roff = manpages.docstring_page(
-        "x", "8", "x: summary\n\n.starts with a dot\n\n'quote and back\\slash -dash"
-    )
+    roff = manpages.docstring_page("x", "8", "x: summary\n\n.starts with a dot\n\n'quote and back\\slash -dash")
     assert "\\&.starts" in roff and "\\&'quote" in roff and "back\\eslash" in roff and "\\-dash" in roff

@@ -34,9 +34,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def run(argv: list[str], **kw) -> subprocess.CompletedProcess:
     kw.setdefault("env", clean_env())
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)
-    assert proc.returncode == 0, (
-        f"{argv} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
+    assert proc.returncode == 0, f"{argv} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
@@ -64,9 +62,7 @@ def build_deb(tree: Path, version: str | None = None) -> Path:
 
 
 def installed_version() -> str | None:
-    proc = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status} ${Version}", PKG], capture_output=True, text=True
-    )
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", PKG], capture_output=True, text=True)
     if proc.returncode != 0 or not proc.stdout.startswith("install ok installed"):
         return None
     return proc.stdout.split()[-1]
@@ -85,9 +81,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def purge_after() -> Iterator[None]:
     before = installed_version()
     if before is not None:
-        pytest.fail(
-            f"{PKG} {before} is already installed on this machine; purge it first (dpkg --purge {PKG})"
-        )
+        pytest.fail(f"{PKG} {before} is already installed on this machine; purge it first (dpkg --purge {PKG})")
     yield
     subprocess.run(["dpkg", "--purge", PKG], capture_output=True, env=clean_env(), timeout=300)
 
@@ -124,9 +118,7 @@ def test_deb_contents(debs: tuple[Path, Path]) -> None:
     control = debs[0].parent / "control"
     run(["dpkg-deb", "-e", str(debs[0]), str(control)])
     conffiles = (control / "conffiles").read_text().split()
-    assert {"/etc/flakes.yml", "/etc/flakes/storage.conf", "/etc/flakes/container-flake.yaml"} <= set(
-        conffiles
-    )
+    assert {"/etc/flakes.yml", "/etc/flakes/storage.conf", "/etc/flakes/container-flake.yaml"} <= set(conffiles)
     depends = run(["dpkg-deb", "-f", str(debs[0]), "Depends"]).stdout
     assert "python3-yaml" in depends and "python3" in depends
 

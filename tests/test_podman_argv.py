@@ -19,8 +19,7 @@ from flake_pilot.podman import argv, instance, proc
 
 
 def test_caller_args_are_sorted() -> None:
-    c = argv.split_caller_args(["@one", "-x", "%remove", "@two", "%progress:yes", "%%lit", "@@at", "y"],
-                               instance_name)
+    c = argv.split_caller_args(["@one", "-x", "%remove", "@two", "%progress:yes", "%%lit", "@@at", "y"], instance_name)
     assert c.instance == "one"  # the first @NAME wins, as in the original
     assert c.options == {"remove": "", "progress": "yes"}
     assert c.app_args == ["-x", "%lit", "@at", "y"]
@@ -72,15 +71,39 @@ def test_expand_vars_never_recurses(text: str) -> None:
 
 def test_split_opts_at_first_space() -> None:
     assert argv.split_opts(["--volume /a:/b", "-ti", "--label a=b c", "--net=host"]) == [
-        "--volume", "/a:/b", "-ti", "--label", "a=b c", "--net=host"]
+        "--volume",
+        "/a:/b",
+        "-ti",
+        "--label",
+        "a=b c",
+        "--net=host",
+    ]
 
 
 def test_drop_missing_volumes_all_forms() -> None:
     exists = {"/have"}.__contains__
-    items = ["--volume", "/gone:/c", "-v", "/have:/c", "--volume=/gone:/c", "-v=/have:/d", "-v", "named:/n",
-             "--net", "host", "-v=/gone/x:/y"]
-    assert argv.drop_missing_volumes(items, exists) == ["-v", "/have:/c", "-v=/have:/d", "-v", "named:/n",
-                                                        "--net", "host"]
+    items = [
+        "--volume",
+        "/gone:/c",
+        "-v",
+        "/have:/c",
+        "--volume=/gone:/c",
+        "-v=/have:/d",
+        "-v",
+        "named:/n",
+        "--net",
+        "host",
+        "-v=/gone/x:/y",
+    ]
+    assert argv.drop_missing_volumes(items, exists) == [
+        "-v",
+        "/have:/c",
+        "-v=/have:/d",
+        "-v",
+        "named:/n",
+        "--net",
+        "host",
+    ]
 
 
 def test_tty_flags_from_the_registration_are_ignored() -> None:
@@ -90,13 +113,37 @@ def test_tty_flags_from_the_registration_are_ignored() -> None:
 def test_run_argv_shapes() -> None:
     pre = argv.engine("/usr/bin/podman", debug=False)
     cmd = argv.run_argv(pre, "img", "/bin/app", ["--net", "host"], ["a", "b"], False, "/s/x.cid", "/s/x.pid")
-    assert cmd == ["/usr/bin/podman", "--log-level=error", "run", "--rm", "-i", "--pull=missing",
-                   "--cidfile", "/s/x.cid", "--conmon-pidfile", "/s/x.pid", "--entrypoint", "/bin/app",
-                   "--net", "host", "img", "a", "b"]
+    assert cmd == [
+        "/usr/bin/podman",
+        "--log-level=error",
+        "run",
+        "--rm",
+        "-i",
+        "--pull=missing",
+        "--cidfile",
+        "/s/x.cid",
+        "--conmon-pidfile",
+        "/s/x.pid",
+        "--entrypoint",
+        "/bin/app",
+        "--net",
+        "host",
+        "img",
+        "a",
+        "b",
+    ]
     tty = argv.run_argv(["podman"], "img", "/", [], [], True, "c", "p")
     assert tty[:6] == ["podman", "run", "--rm", "-i", "-t", "--init"] and "--entrypoint" not in tty
     assert argv.exec_argv(["podman"], "cid", "/bin/app", ["x"], False, "tok") == [
-        "podman", "exec", "-i", "-e", "FLAKE_PILOT_SESSION=tok", "cid", "/bin/app", "x"]
+        "podman",
+        "exec",
+        "-i",
+        "-e",
+        "FLAKE_PILOT_SESSION=tok",
+        "cid",
+        "/bin/app",
+        "x",
+    ]
     create = argv.resume_create_argv(["podman"], "img", ["-v", "/a:/b"], "c", "p")
     assert create[-4:] == ["-v", "/a:/b", "img", "-P"] and "--init" in create
 

@@ -24,9 +24,7 @@ def user_store(system_storage: Path, bb_image: str) -> tuple[int, int, Path]:
 
 
 @pytest.fixture(params=["root", "user"])
-def scope(
-    request: pytest.FixtureRequest, tmp_path: Path, system_storage: Path, bb_image: str
-) -> Iterator[Scope]:
+def scope(request: pytest.FixtureRequest, tmp_path: Path, system_storage: Path, bb_image: str) -> Iterator[Scope]:
     if request.param == "root":
         s = root_scope(tmp_path, system_storage)
         yield s
@@ -137,8 +135,7 @@ def test_tty_with_a_terminal(scope: Scope, mode: str) -> None:
 
 def start_waiting(scope: Scope, app: str, script: str) -> subprocess.Popen:
     """Start the app; return once it printed 'ready' (poll with a deadline, no sleeps)."""
-    proc = scope.popen(app, "-c", script, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE)
+    proc = scope.popen(app, "-c", script, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     line = b""
     deadline = time.monotonic() + 90
@@ -155,8 +152,7 @@ def start_waiting(scope: Scope, app: str, script: str) -> subprocess.Popen:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_signal_reaches_the_app(scope: Scope, mode: str, sig: signal.Signals) -> None:
     app = register(scope, mode)
-    script = (f"trap 'echo got-{sig.name}; exit 7' {sig.name[3:]}; echo ready; "
-              "sleep 60 & wait; echo not-interrupted")
+    script = f"trap 'echo got-{sig.name}; exit 7' {sig.name[3:]}; echo ready; sleep 60 & wait; echo not-interrupted"
     proc = start_waiting(scope, app, script)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
@@ -175,8 +171,7 @@ def test_untrapped_signal_ends_app_with_128_plus_n(scope: Scope, mode: str) -> N
 def test_closed_stdout_ends_app_with_sigpipe(scope: Scope, mode: str) -> None:
     """`app | head -1`: when the reader goes away the app ends like a native one (128+SIGPIPE)."""
     app = register(scope, mode)
-    proc = scope.popen(app, "-c", "yes", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE)
+    proc = scope.popen(app, "-c", "yes", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.read(4) == b"y\ny\n"
     proc.stdout.close()
     err = proc.stderr.read() if proc.stderr else b""
@@ -187,8 +182,15 @@ def test_ctrl_c_typed_into_the_terminal_reaches_the_app(scope: Scope, mode: str)
     """In a terminal, ^C travels in-band through the container's terminal to the app."""
     app = register(scope, mode)
     master, slave = os.openpty()
-    proc = scope.popen(app, "-c", "trap 'echo got-INT; exit 9' INT; echo ready; sleep 60 & wait",
-                       stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    proc = scope.popen(
+        app,
+        "-c",
+        "trap 'echo got-INT; exit 9' INT; echo ready; sleep 60 & wait",
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
     os.close(slave)
     out = b""
     deadline = time.monotonic() + 90
@@ -211,8 +213,15 @@ def test_stderr_redirected_from_a_terminal_stays_separate(scope: Scope, mode: st
     """`app 2>log` in a terminal: no -t (it would merge stderr into the terminal)."""
     app = register(scope, mode)
     master, slave = os.openpty()
-    proc = scope.popen(app, "-c", "echo to-out; echo to-err >&2", stdin=slave, stdout=slave,
-                       stderr=subprocess.PIPE, start_new_session=True)
+    proc = scope.popen(
+        app,
+        "-c",
+        "echo to-out; echo to-err >&2",
+        stdin=slave,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     os.close(slave)
     err = proc.stderr.read() if proc.stderr else b""
     out = b""
@@ -238,8 +247,10 @@ def test_terminal_resize_reaches_the_app(scope: Scope, mode: str) -> None:
     app = register(scope, mode)
     master, slave = os.openpty()
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    script = ("stty size; echo ready; i=0; while [ $i -lt 300 ]; do "  # polls 30 s at most
-              '[ "$(stty size)" = "30 100" ] && { echo resized; exit 0; }; i=$((i+1)); sleep 0.1; done; exit 1')
+    script = (
+        "stty size; echo ready; i=0; while [ $i -lt 300 ]; do "  # polls 30 s at most
+        '[ "$(stty size)" = "30 100" ] && { echo resized; exit 0; }; i=$((i+1)); sleep 0.1; done; exit 1'
+    )
     proc = scope.popen(app, "-c", script, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     out = b""
     deadline = time.monotonic() + 90

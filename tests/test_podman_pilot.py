@@ -115,8 +115,18 @@ def test_ignore_missing_volume_path(scope: Scope, tmp_path: Path, form: list[str
 def test_concurrent_first_resume_calls_create_one_instance(scope: Scope) -> None:
     label = f"flaketest={uuid.uuid4().hex}"
     scope.register("app", resume=True, opts=[f"--label {label}"])
-    procs = [scope.popen("app", "-c", "cat /etc/hostname", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        scope.popen(
+            "app",
+            "-c",
+            "cat /etc/hostname",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
     assert all(code == 0 for _, _, code in results), results
     assert len({out for out, _, _ in results}) == 1
@@ -239,8 +249,18 @@ def test_flake_registered_by_flake_ctl_runs(scope: Scope, bb_image: str) -> None
     from conftest import BIN
 
     app = scope.bin_dir / "viactl"
-    argv = [str(BIN / "flake-ctl"), "podman", "register", "--container", bb_image, "--app", str(app),
-            "--target", "/bin/sh", "--resume"]
+    argv = [
+        str(BIN / "flake-ctl"),
+        "podman",
+        "register",
+        "--container",
+        bb_image,
+        "--app",
+        str(app),
+        "--target",
+        "/bin/sh",
+        "--resume",
+    ]
     done = subprocess.run(argv, env=scope.env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     ran = scope.run("viactl", "-c", "echo via-ctl; exit 2")
@@ -251,8 +271,14 @@ def test_changed_registration_replaces_an_idle_resume_instance(scope: Scope) -> 
     scope.register("app", resume=True, opts=["-e V=one"])
     first = hostname(scope, "app")
     assert scope.run("app", "-c", 'echo "$V"').stdout == "one\n"
-    busy = scope.popen("app", "-c", "echo ready; read line; echo done", stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # an app still running in it
+    busy = scope.popen(
+        "app",
+        "-c",
+        "echo ready; read line; echo done",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # an app still running in it
     assert busy.stdout is not None and busy.stdout.readline() == b"ready\n"
     scope.register("app", resume=True, opts=["-e V=two"])
     assert hostname(scope, "app") == first  # kept while an app runs in it
@@ -265,7 +291,9 @@ def test_changed_registration_replaces_an_idle_resume_instance(scope: Scope) -> 
 
 
 def test_missing_image_is_pulled_at_first_launch(
-    scope: Scope, bb_image: str, local_registry: Registry  # noqa: F811 - the fixture
+    scope: Scope,
+    bb_image: str,
+    local_registry: Registry,  # noqa: F811 - the fixture
 ) -> None:
     ref = local_registry.push(bb_image, f"flaketest/pull-{uuid.uuid4().hex[:8]}:latest", scope.storage)
     assert scope.podman("image", "exists", ref).returncode != 0
@@ -295,9 +323,17 @@ def test_background_job_does_not_read_the_terminal(scope: Scope, resume: bool) -
 
     scope.register("app", resume=resume)
     master, slave = os.openpty()
-    shell = subprocess.Popen([sys.executable, "-c", BACKGROUND_JOB, os.ttyname(slave),
-                              *scope.argv("app", "-c", "[ -t 0 ] && echo tty || echo no-tty; cat; echo end")],
-                             env=scope.env, start_new_session=True)
+    shell = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            BACKGROUND_JOB,
+            os.ttyname(slave),
+            *scope.argv("app", "-c", "[ -t 0 ] && echo tty || echo no-tty; cat; echo end"),
+        ],
+        env=scope.env,
+        start_new_session=True,
+    )
     out = b""  # our slave fd stays open, so reading the master never fails early with EIO
     deadline = time.monotonic() + 60
     try:

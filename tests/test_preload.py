@@ -43,8 +43,9 @@ def package(tmp_path: Path) -> Path:
 
 
 def probe(root: Path) -> dict:
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", PROBE, str(root)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", PROBE, str(root)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -86,8 +87,9 @@ def test_the_import_system_takes_over_at_the_first_pyc_it_would_not_use(package:
     else:
         path.write_bytes(bytes(data))
     if damage == "damaged code":  # the import system reads it too, and fails: so must the launch
-        done = subprocess.run([sys.executable, "-I", "-S", "-c", PROBE, str(package)], capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", PROBE, str(package)], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode != 0 and "marshal" in done.stderr, done.stderr
         return
     out = probe(package)

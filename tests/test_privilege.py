@@ -129,9 +129,7 @@ def test_user_mode_flow_needs_no_root(uscope: Scope) -> None:
         )
         res = ok(as_user(uscope, str(app), "-c", "id -u; cat /proc/self/uid_map"))
         lines = res.stdout.split("\n")
-        assert lines[0] == "0" and lines[1].split()[:2] == ["0", str(uscope.uid)], (
-            res.stdout
-        )  # root = the user
+        assert lines[0] == "0" and lines[1].split()[:2] == ["0", str(uscope.uid)], res.stdout  # root = the user
         ok(as_user(uscope, str(one), "-c", "echo one"))
         shown = json.loads(ok(as_user(uscope, ctl, "podman", "--user", "show", "--format", "json")).stdout)
         assert [r["name"] for r in shown] == ["uapp"] and shown[0]["status"] == "running", shown
@@ -143,9 +141,7 @@ def test_user_mode_flow_needs_no_root(uscope: Scope) -> None:
         ok(as_user(uscope, str(app), "%remove", "-c", "true"))
         ok(as_user(uscope, ctl, "podman", "--user", "remove", "--app", str(app)))
         ok(as_user(uscope, ctl, "podman", "--user", "remove", "--app", str(one)))
-        assert not (uscope.root / "trap" / "sudo-called").exists(), (
-            uscope.root / "trap" / "sudo-called"
-        ).read_text()
+        assert not (uscope.root / "trap" / "sudo-called").exists(), (uscope.root / "trap" / "sudo-called").read_text()
         rec.detail = (
             "no sudo call, container root = the user's uid; state dir, cid/pid/lock and plan cache "
             "all 0700/0600 owned by the user"
@@ -153,9 +149,7 @@ def test_user_mode_flow_needs_no_root(uscope: Scope) -> None:
 
 
 def test_root_state_is_private(tmp_path: Path, system_storage: Path, bb_image: str) -> None:
-    with record(
-        "5", "root scope: state and plan cache private after resume, attach and one-shot", count=3
-    ) as rec:
+    with record("5", "root scope: state and plan cache private after resume, attach and one-shot", count=3) as rec:
         s = root_scope(tmp_path, system_storage)
         try:
             s.register("r", resume=True)
@@ -166,25 +160,19 @@ def test_root_state_is_private(tmp_path: Path, system_storage: Path, bb_image: s
                 assert done.returncode == 0, done.stderr
             state = s.ids_dir / "0"
             assert stat.S_IMODE(s.ids_dir.stat().st_mode) == 0o1777  # the shared base: sticky
-            problems = private_problems(state, 0) + private_problems(
-                Path(s.env["XDG_CACHE_HOME"]) / "flake-pilot", 0
-            )
+            problems = private_problems(state, 0) + private_problems(Path(s.env["XDG_CACHE_HOME"]) / "flake-pilot", 0)
             assert problems == [], problems
             rec.detail = f"{len(list(state.iterdir()))} state files, all 0600 in a 0700 dir; base 1777"
         finally:
             s.cleanup()
 
 
-def test_system_flake_for_users_gives_no_more_than_the_users_rights(
-    uscope: Scope, system_storage: Path
-) -> None:
+def test_system_flake_for_users_gives_no_more_than_the_users_rights(uscope: Scope, system_storage: Path) -> None:
     """A root-owned system registration with runas: <user> runs in the caller's rootless podman:
     asking for /root or --privileged in the registration gives the user nothing new."""
     with record("5", "system flake (root-owned registration) started by an ordinary user", count=2) as rec:
         sysflakes = uscope.root / "sysflakes"
-        system = Scope(
-            "root", uscope.root, sysflakes, uscope.ids_dir, uscope.bin_dir, uscope.storage, uscope.env
-        )
+        system = Scope("root", uscope.root, sysflakes, uscope.ids_dir, uscope.bin_dir, uscope.storage, uscope.env)
         secret = Path("/root") / f"flake-secret-{uuid.uuid4().hex[:6]}"
         secret.write_text("root only\n")
         secret.chmod(0o600)

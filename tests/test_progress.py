@@ -79,9 +79,7 @@ def test_timing_line() -> None:
 def test_launcher_prints_one_timing_line(prefix, bb_image: str) -> None:
     """PILOT_DEBUG=1 on a real launch: engine command lines and one per-phase timing line."""
     app = prefix.bin_dir / "timed-echo"
-    prefix.ctl(
-        "podman", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/echo", check=True
-    )
+    prefix.ctl("podman", "register", "--container", bb_image, "--app", str(app), "--target", "/bin/echo", check=True)
     proc = prefix.app("timed-echo", "hi", env={"PILOT_DEBUG": "1"})
     assert proc.returncode == 0 and proc.stdout == "hi\n", proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("timing: ")]

@@ -21,11 +21,12 @@ ENV = {"PATH": "/usr/bin:/bin"}
 
 # ---- framing ---------------------------------------------------------------------------------
 
+
 def test_frames_decode_incrementally_byte_by_byte() -> None:
     stream = p.hello() + p.frame(p.STDIN, b"abc") + p.frame(p.STDIN_EOF)
     stream += p.data_frames(p.STDOUT, b"x" * 150000)
     dec = p.FrameDecoder()
-    frames = [f for i in range(len(stream)) for f in dec.feed(stream[i:i + 1])]
+    frames = [f for i in range(len(stream)) for f in dec.feed(stream[i : i + 1])]
     assert frames[0][0] == p.HELLO and p.check_hello(frames[0][1]) == p.VERSION
     assert frames[1:3] == [(p.STDIN, b"abc"), (p.STDIN_EOF, b"")]
     assert [t for t, _ in frames[3:]] == [p.STDOUT] * 3
@@ -33,10 +34,13 @@ def test_frames_decode_incrementally_byte_by_byte() -> None:
     assert dec.pending == 0
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (bytes([0x7E]) + struct.pack("!I", 0), "unknown type 0x7e"),
-    (bytes([p.STDIN]) + struct.pack("!I", p.MAX_PAYLOAD + 1), "exceeds"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (bytes([0x7E]) + struct.pack("!I", 0), "unknown type 0x7e"),
+        (bytes([p.STDIN]) + struct.pack("!I", p.MAX_PAYLOAD + 1), "exceeds"),
+    ],
+)
 def test_malformed_frames_are_refused(raw: bytes, reason: str) -> None:
     with pytest.raises(p.ProtocolError, match=reason):
         list(p.FrameDecoder().feed(raw))
@@ -51,20 +55,24 @@ def test_hello_checks_magic_and_version() -> None:
 
 
 def test_request_roundtrip_keeps_arguments_exactly() -> None:
-    req = p.Request(["/usr/bin/prog", "a b", "'q'", '"d"', "", "\\-x", "ünï"], {"A": "1 2", "E": ""},
-                    "/tmp", True, 40, 120)
+    req = p.Request(
+        ["/usr/bin/prog", "a b", "'q'", '"d"', "", "\\-x", "ünï"], {"A": "1 2", "E": ""}, "/tmp", True, 40, 120
+    )
     payload = p.encode_request(req)[5:]
     assert p.decode_request(payload) == req
 
 
-@pytest.mark.parametrize("payload, reason", [
-    (b"a\x00\x00\x00\x09/bin/tru", "truncated field"),
-    (b"a\x00", "truncated field header"),
-    (b"z\x00\x00\x00\x00", "unknown field"),
-    (b"a\x00\x00\x00\x04prog", "absolute path"),
-    (b"a\x00\x00\x00\x05/b\x00in", "NUL byte"),
-    (b"a\x00\x00\x00\x04/bin" + b"e\x00\x00\x00\x03abc", "without NAME="),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"a\x00\x00\x00\x09/bin/tru", "truncated field"),
+        (b"a\x00", "truncated field header"),
+        (b"z\x00\x00\x00\x00", "unknown field"),
+        (b"a\x00\x00\x00\x04prog", "absolute path"),
+        (b"a\x00\x00\x00\x05/b\x00in", "NUL byte"),
+        (b"a\x00\x00\x00\x04/bin" + b"e\x00\x00\x00\x03abc", "without NAME="),
+    ],
+)
 def test_malformed_requests_are_refused(payload: bytes, reason: str) -> None:
     with pytest.raises(p.ProtocolError, match=reason):
         p.decode_request(payload)
@@ -79,11 +87,11 @@ def test_exit_frames_carry_code_or_signal() -> None:
 
 # ---- sessions against the real guest code ----------------------------------------------------
 
+
 class Guest:
     """sci's session code serving one end of a socket pair in a thread."""
 
-    def __init__(self, env: dict[str, str] | None = None, handshake_timeout: float = 5,
-                 resync: bool = False) -> None:
+    def __init__(self, env: dict[str, str] | None = None, handshake_timeout: float = 5, resync: bool = False) -> None:
         self.handshake_timeout = handshake_timeout
         self.resync = resync
         self.host, self.guest = socket.socketpair()
@@ -94,8 +102,11 @@ class Guest:
     def _serve(self, env: dict[str, str]) -> None:
         try:
             fd = self.guest.fileno()
-            self.result.append(session.serve(fd, fd, reaper.ThreadWaiter(), env,
-                                             handshake_timeout=self.handshake_timeout, resync=self.resync))
+            self.result.append(
+                session.serve(
+                    fd, fd, reaper.ThreadWaiter(), env, handshake_timeout=self.handshake_timeout, resync=self.resync
+                )
+            )
         finally:
             self.guest.close()
 
@@ -195,6 +206,7 @@ def test_tty_session_has_a_terminal_of_the_asked_size() -> None:
 def test_window_size_change_on_the_host_terminal_reaches_the_program() -> None:
     import fcntl
     import termios
+
     master, slave = os.openpty()  # the host terminal the launcher runs in
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 10, 20, 0, 0))
     out_r, out_w = os.pipe()
@@ -245,6 +257,7 @@ def test_two_sessions_at_once() -> None:
 
 # ---- refusals: never a hang ----------------------------------------------------------------
 
+
 def _raw_exchange(guest: Guest, data: bytes) -> list[tuple[int, bytes]]:
     guest.host.sendall(data)
     guest.host.settimeout(10)
@@ -255,13 +268,16 @@ def _raw_exchange(guest: Guest, data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
-@pytest.mark.parametrize("data, reason", [
-    (p.hello(9), b"unsupported protocol version 9"),
-    (b"GET / HTTP/1.1\r\n\r\n", b"unknown type"),
-    (p.frame(p.STDIN, b"x"), b"expected hello first"),
-    (p.hello() + p.frame(p.REQUEST, b"q\x00\x00\x00\x00"), b"unknown field"),
-    (p.hello() + p.frame(p.STDOUT, b"x"), b"unexpected frame 0x11"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (p.hello(9), b"unsupported protocol version 9"),
+        (b"GET / HTTP/1.1\r\n\r\n", b"unknown type"),
+        (p.frame(p.STDIN, b"x"), b"expected hello first"),
+        (p.hello() + p.frame(p.REQUEST, b"q\x00\x00\x00\x00"), b"unknown field"),
+        (p.hello() + p.frame(p.STDOUT, b"x"), b"unexpected frame 0x11"),
+    ],
+)
 def test_guest_refuses_bad_peers_with_an_error_frame(data: bytes, reason: bytes) -> None:
     guest = Guest()
     frames = _raw_exchange(guest, data)
@@ -346,6 +362,7 @@ def test_client_reports_a_guest_that_closes_without_exit() -> None:
 
 
 # ---- Firecracker vsock handshake -------------------------------------------------------------
+
 
 def test_connect_firecracker_vsock_handshake(tmp_path: Path) -> None:
     path = str(tmp_path / "v.sock")

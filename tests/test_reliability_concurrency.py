@@ -49,9 +49,7 @@ def _wait(p: subprocess.Popen) -> tuple[int, str, str]:
 
 
 def labelled(scope: Scope, label: str) -> list[str]:
-    return scope.podman(
-        "ps", "-a", "-q", "--no-trunc", "--filter", f"label={label}", check=True
-    ).stdout.split()
+    return scope.podman("ps", "-a", "-q", "--no-trunc", "--filter", f"label={label}", check=True).stdout.split()
 
 
 def test_16_first_calls_of_a_resume_flake_share_one_instance(scope: Scope) -> None:
@@ -77,9 +75,7 @@ def test_16_oneshot_calls_are_independent_and_leave_nothing(scope: Scope) -> Non
         label = f"flake-rel={uuid.uuid4().hex}"
         scope.register("app", opts=[f"--label {label}"])
         t0 = time.monotonic()
-        results = start_all(
-            scope, "app", [f"echo call-{i}; cat /etc/hostname; exit {i % 5}" for i in range(N)]
-        )
+        results = start_all(scope, "app", [f"echo call-{i}; cat /etc/hostname; exit {i % 5}" for i in range(N)])
         wall = time.monotonic() - t0
         bad = [(i, r) for i, r in enumerate(results) if r[0] != i % 5 or not r[1].startswith(f"call-{i}\n")]
         assert not bad, bad[:3]
@@ -87,9 +83,7 @@ def test_16_oneshot_calls_are_independent_and_leave_nothing(scope: Scope) -> Non
         assert len(hosts) == N, f"{len(hosts)} distinct containers for {N} calls"
         assert labelled(scope, label) == []  # all removed (--rm)
         assert scope.state_files() == [], scope.state_files()
-        rec.detail = (
-            f"{N} distinct containers, {N}/{N} outputs and exit codes, 0 left over, {wall:.1f} s wall"
-        )
+        rec.detail = f"{N} distinct containers, {N}/{N} outputs and exit codes, 0 left over, {wall:.1f} s wall"
 
 
 # -- flake-ctl register/remove --------------------------------------------------------------------
@@ -134,9 +128,7 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_concurrent_register_and_remove_of_different_apps(prefix: Prefix, bb_image: str) -> None:
     k = 8
-    with record(
-        "1", "flake-ctl: register 8 apps while removing 8 others", count=2 * k, concurrency=2 * k
-    ) as rec:
+    with record("1", "flake-ctl: register 8 apps while removing 8 others", count=2 * k, concurrency=2 * k) as rec:
         for i in range(k):
             assert prefix.ctl(*register_argv(prefix, f"old{i}")).returncode == 0
         calls = [register_argv(prefix, f"new{i}", f"/bin/t{i}") for i in range(k)]

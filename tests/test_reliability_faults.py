@@ -77,9 +77,7 @@ class Injector:
         def ready() -> bool:
             if proc.poll() is not None and not path.exists():
                 out, err = proc.communicate()
-                raise AssertionError(
-                    f"launcher ended (rc {proc.returncode}) before the fault point: {err[-500:]!r}"
-                )
+                raise AssertionError(f"launcher ended (rc {proc.returncode}) before the fault point: {err[-500:]!r}")
             return path.exists()
 
         wait_for(ready, f"the launcher to reach the fault point ({path})")
@@ -174,8 +172,7 @@ def test_sigkill_after_attach_create(scope: Scope, tmp_path: Path) -> None:
         after = labelled(scope, label)
         assert len(after) == 1, after
         rec.detail = (
-            f"next call ok ({'reused the created container' if after == created else 'replaced it'}), "
-            "1 container"
+            f"next call ok ({'reused the created container' if after == created else 'replaced it'}), 1 container"
         )
 
 
@@ -256,9 +253,7 @@ def delta(tmp_path: Path, system_storage: Path) -> None:
     ],
     ids=["compose-save", "compose-load"],
 )
-def test_sigkill_during_provisioning(
-    scope: Scope, tmp_path: Path, delta: None, step: str, at: str, mode: str
-) -> None:
+def test_sigkill_during_provisioning(scope: Scope, tmp_path: Path, delta: None, step: str, at: str, mode: str) -> None:
     from test_delta import BASE, L1, L2, registration
 
     with record("2", f"SIGKILL of the launcher during {step} (delta flake)", count=1) as rec:
@@ -274,9 +269,7 @@ def test_sigkill_during_provisioning(
         compose_dir = scope.ids_dir / str(os.getuid()) / "compose"
         junk = [p.name for p in compose_dir.iterdir() if p.name.endswith(".tmp") or p.is_dir()]
         assert junk == [], junk
-        images = podman(
-            "images", "-q", "--filter", "reference=localhost/flake-composed/*", storage=scope.storage
-        )
+        images = podman("images", "-q", "--filter", "reference=localhost/flake-composed/*", storage=scope.storage)
         rec.detail = (
             f"next call composed and ran (exit 3 as the app), then warm cache hit; "
             f"no temp files; {len(set(images.stdout.split()))} composed image(s) in the store"
@@ -342,9 +335,7 @@ def test_full_disk_state_dir(scope: Scope, tiny_fs: Path) -> None:
         done = scope.run("app", "-c", "echo hi")
         assert done.returncode == 125, (done.stdout, done.stderr)
         lines = done.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("app: ") and "Traceback" not in done.stderr, (
-            done.stderr
-        )
+        assert len(lines) == 1 and lines[0].startswith("app: ") and "Traceback" not in done.stderr, done.stderr
         assert "space" in lines[0].lower(), lines[0]
         after = snapshot(tiny_fs / "0")
         assert set(after) - set(before) <= {str(tiny_fs / "0" / "app.lock")}, set(after) - set(before)
@@ -359,9 +350,7 @@ def test_full_disk_flakes_dir_registration(prefix: Prefix, tiny_fs: Path, bb_ima
         (tiny_fs / ".flake-ctl.lock").touch()
         fill(tiny_fs)
         before = snapshot(tiny_fs, prefix.bin_dir)
-        done = prefix.ctl(
-            "podman", "register", "--container", BB_IMAGE, "--app", str(prefix.bin_dir / "full")
-        )
+        done = prefix.ctl("podman", "register", "--container", BB_IMAGE, "--app", str(prefix.bin_dir / "full"))
         assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
         lines = done.stderr.splitlines()
         assert len(lines) == 1 and "space" in lines[0].lower(), done.stderr
@@ -382,9 +371,7 @@ def test_missing_engine(scope: Scope, how: str) -> None:
             assert yaml.safe_load(cfg.read_text())["generic"]["podman_binary"] == "/nonexistent/podman"
         done = scope.run("app", "-c", "true", env=env)
         lines = done.stderr.splitlines()
-        assert done.returncode == 125 and len(lines) == 1 and "podman" in lines[0] and "not" in lines[0], (
-            done.stderr
-        )
+        assert done.returncode == 125 and len(lines) == 1 and "podman" in lines[0] and "not" in lines[0], done.stderr
         assert scope.state_files() == []
         rec.detail = f"exit 125: {lines[0][:100]}"
 
@@ -433,9 +420,7 @@ def test_hanging_engine_during_provisioning_is_bounded(scope: Scope, tmp_path: P
         registration(scope.flakes_dir, app, base_container=BASE, layers=[L1, L2], runtime={"runas": "root"})
         (scope.bin_dir / app).symlink_to(LAUNCHER)
         t0 = time.monotonic()
-        done = scope.run(
-            app, "x", env={**inj.env(scope, "save", "hang"), "PILOT_ENGINE_TIMEOUT": "3"}, timeout=90
-        )
+        done = scope.run(app, "x", env={**inj.env(scope, "save", "hang"), "PILOT_ENGINE_TIMEOUT": "3"}, timeout=90)
         took = time.monotonic() - t0
         lines = done.stderr.splitlines()
         assert done.returncode == 125 and len(lines) == 1 and "no answer within 3 s" in lines[0], done.stderr

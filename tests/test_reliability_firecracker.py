@@ -47,9 +47,7 @@ def test_16_first_calls_of_a_resume_vm_boot_one_vm(vm_prefix: VmPrefix) -> None:
 
 
 def test_16_oneshot_vms_are_independent(vm_prefix: VmPrefix) -> None:
-    with record(
-        "1", "firecracker one-shot: simultaneous calls (tiny guest, serial)", count=N, concurrency=N
-    ) as rec:
+    with record("1", "firecracker one-shot: simultaneous calls (tiny guest, serial)", count=N, concurrency=N) as rec:
         vm_prefix.register("hello", overlay_size="16MiB")
         t0 = time.monotonic()
         calls = [vm_prefix.popen("hello", f"@n{i}", env={"PILOT_DEBUG": "1"}) for i in range(N)]
@@ -65,7 +63,4 @@ def test_16_oneshot_vms_are_independent(vm_prefix: VmPrefix) -> None:
         assert len(pids) == N  # each call booted its own VM
         assert not any(alive(pid) for pid in pids)
         assert vm_prefix.files() == set()
-        rec.detail = (
-            f"{N} VMs, {N} distinct firecracker processes, {N}/{N} greetings, no files left, "
-            f"{wall:.1f} s wall"
-        )
+        rec.detail = f"{N} VMs, {N} distinct firecracker processes, {N}/{N} greetings, no files left, {wall:.1f} s wall"

@@ -59,8 +59,7 @@ def test_one_shot_session_overlay_and_power_off(tmp_path: Path, images: GuestIma
         f.truncate(64 << 20)  # no file system: sci formats it on first use
     rootfs_before = _sha256(images.rootfs)
     args = ["a b", "'single'", '"double"', "", "back\\slash", "*"]
-    script = ('printf "<%s>" "$@" >&2; cat; echo written-in-guest > /root/overlay-proof; '
-              'echo after-eof; exit 42')
+    script = 'printf "<%s>" "$@" >&2; cat; echo written-in-guest > /root/overlay-proof; echo after-eof; exit 42'
     data = os.urandom(300 * 1024)
     vm = Guest(tmp_path / "vm", images, overlay=overlay).start()
     try:
@@ -72,8 +71,10 @@ def test_one_shot_session_overlay_and_power_off(tmp_path: Path, images: GuestIma
     finally:
         vm.kill()
     assert res.started_at is not None and vm.gone_at is not None
-    print(f"\nQEMU start -> program running: {res.started_at - vm.started_at:.2f} s; "
-          f"program exit -> VM gone: {vm.gone_at - res.ended_at:.2f} s")
+    print(
+        f"\nQEMU start -> program running: {res.started_at - vm.started_at:.2f} s; "
+        f"program exit -> VM gone: {vm.gone_at - res.ended_at:.2f} s"
+    )
     assert "sci: error" not in vm.console()
     # the write landed in the overlay's upper layer; the rootfs image is byte-for-byte untouched
     assert "written-in-guest" in _debugfs(overlay, "cat /rootfs_upper/root/overlay-proof")
@@ -105,8 +106,9 @@ def test_resume_mode_serves_concurrent_sessions(tmp_path: Path, images: GuestIma
         a_r, a_w = os.pipe()
         a_result: list[object] = []
         fifo_script = "mkfifo /tmp/f && echo ready && cat /tmp/f; echo a-done"
-        a = threading.Thread(target=lambda: a_result.append(
-            vm.run(["/bin/sh", "-c", fifo_script], port=0, stdout_fd=a_w)))
+        a = threading.Thread(
+            target=lambda: a_result.append(vm.run(["/bin/sh", "-c", fifo_script], port=0, stdout_fd=a_w))
+        )
         a.start()
         seen = b""
         deadline = time.monotonic() + 60
@@ -128,8 +130,9 @@ def test_resume_mode_serves_concurrent_sessions(tmp_path: Path, images: GuestIma
         assert res.stdout.replace(b"\r", b"").splitlines() == [b"30 100", b"/dev/pts/0"]
 
         # a signal to the launcher reaches the program: 128+N
-        res = vm.run(["/bin/sleep", "60"], forward_signals=True,
-                     on_started=lambda pid: os.kill(os.getpid(), signal.SIGTERM))
+        res = vm.run(
+            ["/bin/sleep", "60"], forward_signals=True, on_started=lambda pid: os.kill(os.getpid(), signal.SIGTERM)
+        )
         assert res.status == 128 + signal.SIGTERM
         res = vm.run(["/nonexistent/prog"])
         assert res.status == 127 and b"/nonexistent/prog: No such file or directory" in res.stderr
@@ -137,13 +140,17 @@ def test_resume_mode_serves_concurrent_sessions(tmp_path: Path, images: GuestIma
         # PID 1 reaps orphans: the background child outlives its parent and becomes sci's
         res = vm.run(["/bin/sh", "-c", '/bin/sh -c "sleep 0.3; exit 5" & echo $!'])
         orphan = int(res.stdout)
-        check = (f"i=0; while [ -e /proc/{orphan} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
-                 f"test ! -e /proc/{orphan}")
+        check = (
+            f"i=0; while [ -e /proc/{orphan} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+            f"test ! -e /proc/{orphan}"
+        )
         assert vm.run(["/bin/sh", "-c", check]).status == 0, f"zombie {orphan} was not reaped"
 
         # the Firecracker transport's listener works in this kernel (no vhost-vsock here to connect)
-        probe = ("import sys; sys.path.insert(0, '/usr/sbin/sci'); from flake_pilot.sci import transport;"
-                 " print(transport.vsock_listener(52).getsockname())")
+        probe = (
+            "import sys; sys.path.insert(0, '/usr/sbin/sci'); from flake_pilot.sci import transport;"
+            " print(transport.vsock_listener(52).getsockname())"
+        )
         res = vm.run(["/usr/bin/python3", "-c", probe])
         assert (res.status, res.stdout) == (0, b"(4294967295, 52)\n"), res.stderr
 
@@ -170,7 +177,7 @@ def test_serial_mode_runs_run_on_the_console(tmp_path: Path, images: GuestImages
 
 
 def test_broken_guest_reports_and_powers_off(tmp_path: Path, images: GuestImages) -> None:
-    vm = Guest(tmp_path / "vm", images, session_mode=False, append="run=\"/bin/echo 'unterminated\"").start()
+    vm = Guest(tmp_path / "vm", images, session_mode=False, append='run="/bin/echo \'unterminated"').start()
     try:
         assert vm.wait_gone(60) == 0
     finally:

@@ -17,10 +17,14 @@ from flake_pilot.sci import bundle, cmdline, reaper, session, transport
 
 
 def test_kernel_cmdline_quotes_flags_and_end_marker() -> None:
-    text = 'console=ttyS0 run="/usr/bin/prog \\-x \'a b\'" sci_resume overlay_root=/dev/vdb -- init-arg=1\n'
+    text = "console=ttyS0 run=\"/usr/bin/prog \\-x 'a b'\" sci_resume overlay_root=/dev/vdb -- init-arg=1\n"
     params = cmdline.parse_kernel_cmdline(text)
-    assert params == {"console": "ttyS0", "run": "/usr/bin/prog \\-x 'a b'", "sci_resume": "",
-                      "overlay_root": "/dev/vdb"}
+    assert params == {
+        "console": "ttyS0",
+        "run": "/usr/bin/prog \\-x 'a b'",
+        "sci_resume": "",
+        "overlay_root": "/dev/vdb",
+    }
 
 
 def test_kernel_cmdline_keeps_inner_quotes_like_the_kernel() -> None:
@@ -30,11 +34,14 @@ def test_kernel_cmdline_keeps_inner_quotes_like_the_kernel() -> None:
     assert cmdline.split_words(params["run"]) == ["/bin/echo", "it's", "b"]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("/bin/echo a  b", ["/bin/echo", "a", "b"]),
-    ("/usr/bin/prog \\-x 'a b' \"c \\\"d\\\"\" e\\ f ''", ["/usr/bin/prog", "-x", "a b", 'c "d"', "e f", ""]),
-    ("'it'\"'\"'s'", ["it's"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("/bin/echo a  b", ["/bin/echo", "a", "b"]),
+        ("/usr/bin/prog \\-x 'a b' \"c \\\"d\\\"\" e\\ f ''", ["/usr/bin/prog", "-x", "a b", 'c "d"', "e f", ""]),
+        ("'it'\"'\"'s'", ["it's"]),
+    ],
+)
 def test_split_words_like_a_shell(text: str, words: list[str]) -> None:
     assert cmdline.split_words(text) == words
 
@@ -54,10 +61,16 @@ def test_settings_modes_and_defaults() -> None:
     assert (s.rows, s.cols, s.base_env()["TERM"]) == (40, 132, "xterm")
     s = settings("sci_transport=virtio-serial sci_resume reboot=k PILOT_DEBUG=1")
     assert (s.session_mode, s.transport, s.port_prefix, s.resume, s.reset, s.debug) == (
-        True, "virtio-serial", "sci", True, True, True)
+        True,
+        "virtio-serial",
+        "sci",
+        True,
+        True,
+        True,
+    )
     s = settings("sci_transport=vsock:1234 sci_lines=x")
     assert (s.vsock_port, s.rows, s.cols) == (1234, 24, 80)
-    s = settings('run="/bin/echo \'a b\'"')
+    s = settings("run=\"/bin/echo 'a b'\"")
     assert (s.session_mode, s.command()) == (False, ["/bin/echo", "a b"])
     with pytest.raises(ValueError, match="sci_transport=carrier-pigeon"):
         cmdline.Settings({"sci_transport": "carrier-pigeon"})
@@ -66,8 +79,13 @@ def test_settings_modes_and_defaults() -> None:
 
 
 def _sci(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flake_pilot.sci", *args], capture_output=True, text=True,
-                          env={"PATH": os.environ["PATH"], **env}, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "flake_pilot.sci", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **env},
+        timeout=30,
+    )
 
 
 def test_serial_mode_as_a_plain_process_runs_the_command() -> None:
@@ -95,8 +113,9 @@ def test_zipapp_is_self_contained_and_reproducible(tmp_path: Path) -> None:
     names = zipfile.ZipFile(dest).namelist()
     assert {"__main__.py", "flake_pilot/protocol.py", "flake_pilot/sci/session.pyc"} <= set(names)
     # runs with only the standard library: isolated, without our package on any path
-    proc = subprocess.run([sys.executable, "-I", str(dest), "--version"], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-I", str(dest), "--version"], capture_output=True, text=True, cwd=tmp_path, timeout=30
+    )
     assert (proc.returncode, proc.stdout) == (0, "sci 1\n")
 
 
@@ -126,8 +145,9 @@ def test_listener_ignores_probes_and_ends_after_one_session(tmp_path: Path) -> N
     _connect(path).close()  # readiness probe, as Firecracker-era hosts do
     out_r, out_w = os.pipe()
     with _connect(path) as s:
-        assert protocol.run_session(s, protocol.Request(["/bin/echo", "one"]), None, out_w, 2,
-                                    forward_signals=False) == 0
+        assert (
+            protocol.run_session(s, protocol.Request(["/bin/echo", "one"]), None, out_w, 2, forward_signals=False) == 0
+        )
     os.close(out_w)
     assert os.read(out_r, 100) == b"one\n"
     thread.join(10)

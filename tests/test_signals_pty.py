@@ -179,9 +179,7 @@ def test_sigwinch_resizes_the_apps_terminal(scope: Scope, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_closed_terminal_hangs_up_the_app_and_leaves_no_orphan(
-    scope: Scope, tmp_path: Path, mode: str
-) -> None:
+def test_closed_terminal_hangs_up_the_app_and_leaves_no_orphan(scope: Scope, tmp_path: Path, mode: str) -> None:
     with record("3", f"terminal closed (pty master closed): SIGHUP, no orphan ({mode})", count=1) as rec:
         sync = tmp_path / "sync"
         sync.mkdir()

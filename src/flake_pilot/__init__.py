@@ -18,10 +18,31 @@ __version__ = "0.1.0"
 import sys as _sys
 
 # package-relative paths in dependency order: a module's top-level imports come before it
-_WARM_PODMAN = ("fastos", "debug", "runner", "statedir", "launchcache", "podman/__init__", "podman/argv",
-                "podman/plan", "podman/instance", "podman/proc", "podman/pilot")
-_WARM_FIRECRACKER = ("fastos", "debug", "names", "statedir", "launchcache", "firecracker/__init__",
-                     "firecracker/instances", "firecracker/plan", "firecracker/vmdef", "firecracker/pilot")
+_WARM_PODMAN = (
+    "fastos",
+    "debug",
+    "runner",
+    "statedir",
+    "launchcache",
+    "podman/__init__",
+    "podman/argv",
+    "podman/plan",
+    "podman/instance",
+    "podman/proc",
+    "podman/pilot",
+)
+_WARM_FIRECRACKER = (
+    "fastos",
+    "debug",
+    "names",
+    "statedir",
+    "launchcache",
+    "firecracker/__init__",
+    "firecracker/instances",
+    "firecracker/plan",
+    "firecracker/vmdef",
+    "firecracker/pilot",
+)
 
 
 def _preload(paths: tuple[str, ...]) -> list[str]:
@@ -53,9 +74,12 @@ def _preload(paths: tuple[str, ...]) -> list[str]:
                 posix.close(fd)
         except OSError:
             break
-        if (data[:4] != magic or data[4:8] != b"\0\0\0\0"  # flags 0: timestamp-based
-                or int.from_bytes(data[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF
-                or int.from_bytes(data[12:16], "little") != st.st_size & 0xFFFFFFFF):
+        if (
+            data[:4] != magic
+            or data[4:8] != b"\0\0\0\0"  # flags 0: timestamp-based
+            or int.from_bytes(data[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF
+            or int.from_bytes(data[12:16], "little") != st.st_size & 0xFFFFFFFF
+        ):
             break
         try:
             code = loads(memoryview(data)[16:])

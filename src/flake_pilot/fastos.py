@@ -80,9 +80,7 @@ environ: "MutableMapping[str, str]"
 if "os" in sys.modules:  # loaded anyway (flake-ctl, tests): the same mapping, changes included
     environ = sys.modules["os"].environ
 else:  # a launcher: a snapshot decoded as os.environ decodes it (children get it passed explicitly)
-    environ = {
-        key.decode(_ENCODING, _ERRORS): value.decode(_ENCODING, _ERRORS) for key, value in posix.environ.items()
-    }
+    environ = {key.decode(_ENCODING, _ERRORS): value.decode(_ENCODING, _ERRORS) for key, value in posix.environ.items()}
 
 
 def fsencode(name: str) -> bytes:

@@ -122,8 +122,17 @@ def _key(kind: str, shape: int, app: str) -> tuple[object, ...]:
     from . import __version__  # an upgrade may parse differently: never reuse an older plan
 
     env = fastos.environ
-    return (FORMAT, __version__, kind, shape, app, fastos.getuid(), env.get("FLAKES_CONFIG", ""),
-            env.get("XDG_CONFIG_HOME", ""), env.get("HOME", ""))
+    return (
+        FORMAT,
+        __version__,
+        kind,
+        shape,
+        app,
+        fastos.getuid(),
+        env.get("FLAKES_CONFIG", ""),
+        env.get("XDG_CONFIG_HOME", ""),
+        env.get("HOME", ""),
+    )
 
 
 def fingerprint(text: str) -> str:

@@ -53,10 +53,7 @@ def inline(text: str) -> str:
 
 
 def _th(name: str, section: str) -> str:
-    return (
-        f'.TH "{name.upper()}" "{section}" "" "flake-pilot {__version__}" "{SECTION_TITLE[section]}"\n'
-        ".nh\n.ad l\n"
-    )
+    return f'.TH "{name.upper()}" "{section}" "" "flake-pilot {__version__}" "{SECTION_TITLE[section]}"\n.nh\n.ad l\n'
 
 
 def _paragraphs(text: str) -> str:
@@ -65,9 +62,7 @@ def _paragraphs(text: str) -> str:
     for block in re.split(r"\n\s*\n", text.strip("\n")):
         lines = block.split("\n")
         if all(ln.startswith(("  ", "\t")) for ln in lines if ln.strip()):
-            out.append(
-                ".PP\n.nf\n.RS 4\n" + "\n".join(esc(ln.strip()) for ln in lines) + "\n.RE\n.fi"
-            )  # verbatim
+            out.append(".PP\n.nf\n.RS 4\n" + "\n".join(esc(ln.strip()) for ln in lines) + "\n.RE\n.fi")  # verbatim
         elif len(lines) > 1 and all(ln.startswith(("  ", "\t")) for ln in lines[1:] if ln.strip()):
             out.append(".PP\n" + inline(lines[0].strip()) + "\n.nf\n.RS 4\n")
             out[-1] += "\n".join(esc(ln.rstrip()[_indent(lines[1:]) :]) for ln in lines[1:]) + "\n.RE\n.fi"
@@ -161,9 +156,7 @@ def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool) -> str:
         parts.append(".SH COMMANDS\n")
         for sub_name, sub_help, sub in subs:
             sentence = sub_help[:1].upper() + sub_help[1:].rstrip(".")
-            parts.append(
-                f".TP\n\\fB{esc(sub_name)}\\fR\n{esc(sentence)}. See \\fB{esc(page_name(sub.prog))}\\fR(8).\n"
-            )
+            parts.append(f".TP\n\\fB{esc(sub_name)}\\fR\n{esc(sentence)}. See \\fB{esc(page_name(sub.prog))}\\fR(8).\n")
     parts.append(".SH EXIT STATUS\n")
     parts += [f".TP\n\\fB{code}\\fR\n{esc(text)}\n" for code, text in EXIT_CODES.items()]
     if root:
@@ -179,8 +172,7 @@ def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool) -> str:
     related += ["podman-pilot", "firecracker-pilot"]
     parts += [
         ".SH SEE ALSO\n",
-        ", ".join(f"\\fB{esc(r)}\\fR(8)" for r in dict.fromkeys(related) if r != name)
-        + ", \\fBflakes.yml\\fR(5)\n",
+        ", ".join(f"\\fB{esc(r)}\\fR(8)" for r in dict.fromkeys(related) if r != name) + ", \\fBflakes.yml\\fR(5)\n",
     ]
     return "".join(parts)
 
@@ -269,15 +261,9 @@ def launcher_page(prog: str) -> str:
 def flakes_yml_page() -> str:
     from . import flakeconf, settings
 
-    keys = "".join(
-        f".TP\n\\fB{esc(k)}\\fR\nDefault: \\fI{esc(v)}\\fR\n" for k, v in settings.DEFAULTS.items()
-    )
-    keys += (
-        ".TP\n\\fBpodman_binary\\fR, \\fBfirecracker_binary\\fR\nEngine programs (default: found in PATH).\n"
-    )
-    doc = (
-        f"flake configuration files\n\n{settings.__doc__ or ''}\n\nRegistrations:\n{flakeconf.__doc__ or ''}"
-    )
+    keys = "".join(f".TP\n\\fB{esc(k)}\\fR\nDefault: \\fI{esc(v)}\\fR\n" for k, v in settings.DEFAULTS.items())
+    keys += ".TP\n\\fBpodman_binary\\fR, \\fBfirecracker_binary\\fR\nEngine programs (default: found in PATH).\n"
+    doc = f"flake configuration files\n\n{settings.__doc__ or ''}\n\nRegistrations:\n{flakeconf.__doc__ or ''}"
     extra = (
         ".SH GENERIC KEYS\nUnder \\fBgeneric:\\fR in \\fI/etc/flakes.yml\\fR (user mode: "
         "\\fI~/.config/flakes.yml\\fR):\n"

@@ -18,9 +18,7 @@ def instance_name(value: str) -> str:
     if not (0 < len(value) <= 63 and value[0] in _INSTANCE_FIRST and set(value) <= _INSTANCE):
         from .errors import UsageError
 
-        raise UsageError(
-            f"invalid instance name {value!r}: use 1-63 of A-Z a-z 0-9 = _ - @ (not starting with @)"
-        )
+        raise UsageError(f"invalid instance name {value!r}: use 1-63 of A-Z a-z 0-9 = _ - @ (not starting with @)")
     return value
 
 

@@ -42,14 +42,20 @@ EXIT = 0x13  # u8 kind (0 exited, 1 killed by signal), u8 value
 ERROR = 0x1F  # both directions: UTF-8 reason; the session ends
 NOP = 0x1E  # both directions, ignored (sci writes one to wait for a virtio-serial host)
 
-TYPES = frozenset({HELLO, REQUEST, STDIN, STDIN_EOF, SIGNAL, WINSIZE, STARTED, STDOUT, STDERR, EXIT, ERROR,
-                   NOP})
+TYPES = frozenset({HELLO, REQUEST, STDIN, STDIN_EOF, SIGNAL, WINSIZE, STARTED, STDOUT, STDERR, EXIT, ERROR, NOP})
 _HEADER = struct.Struct("!BI")
 # request fields: tag byte + u32 length + value
 _TAG_ARG, _TAG_ENV, _TAG_CWD, _TAG_TTY, _TAG_WINSIZE = b"a", b"e", b"c", b"t", b"w"
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
 
 
 class ProtocolError(EngineError):
@@ -61,8 +67,15 @@ class Request:
 
     __slots__ = ("argv", "env", "cwd", "tty", "rows", "cols")
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "/",
-                 tty: bool = False, rows: int = 0, cols: int = 0) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str = "/",
+        tty: bool = False,
+        rows: int = 0,
+        cols: int = 0,
+    ) -> None:
         self.argv = list(argv)
         self.env = dict(env or {})
         self.cwd = cwd
@@ -71,14 +84,14 @@ class Request:
         self.cols = cols
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Request) and all(
-            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+        return isinstance(other, Request) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
     def __repr__(self) -> str:
         return "Request(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
 
 # ---- framing -------------------------------------------------------------------------------
+
 
 def frame(ftype: int, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_PAYLOAD:
@@ -87,7 +100,7 @@ def frame(ftype: int, payload: bytes = b"") -> bytes:
 
 
 def data_frames(ftype: int, data: bytes) -> bytes:
-    return b"".join(frame(ftype, data[i:i + CHUNK]) for i in range(0, len(data), CHUNK))
+    return b"".join(frame(ftype, data[i : i + CHUNK]) for i in range(0, len(data), CHUNK))
 
 
 class FrameDecoder:
@@ -107,7 +120,7 @@ class FrameDecoder:
             end = _HEADER.size + length
             if len(self._buf) < end:
                 return
-            payload = bytes(self._buf[_HEADER.size:end])
+            payload = bytes(self._buf[_HEADER.size : end])
             del self._buf[:end]
             yield ftype, payload
 
@@ -156,10 +169,10 @@ def decode_request(payload: bytes) -> Request:
     while pos < len(payload):
         if pos + 5 > len(payload):
             raise ProtocolError("malformed request: truncated field header")
-        tag = payload[pos:pos + 1]
+        tag = payload[pos : pos + 1]
         (length,) = struct.unpack_from("!I", payload, pos + 1)
         pos += 5
-        value = payload[pos:pos + length]
+        value = payload[pos : pos + length]
         if len(value) != length:
             raise ProtocolError("malformed request: truncated field")
         pos += length
@@ -208,6 +221,7 @@ def decode_exit(payload: bytes) -> int:
 
 # ---- fd helpers (both sides) ---------------------------------------------------------------
 
+
 def write_all(fd: int, data: bytes, deadline: float | None = None) -> None:
     """Write everything, also to a non-blocking fd; OSError(ETIMEDOUT) past *deadline*."""
     view = memoryview(data)
@@ -229,6 +243,7 @@ def set_nonblocking(fd: int, on: bool = True) -> None:
 
 
 # ---- host side -----------------------------------------------------------------------------
+
 
 def connect_firecracker_vsock(uds_path: str, port: int, timeout: float = 10.0) -> socket.socket:
     """Connect to guest vsock *port* through Firecracker's Unix socket (``CONNECT <port>`` / ``OK <n>``).
@@ -281,6 +296,7 @@ class _RawTerminal:
         if os.isatty(self.fd):
             import termios
             import tty
+
             self.saved = termios.tcgetattr(self.fd)
             tty.setraw(self.fd, termios.TCSANOW)
         return self
@@ -288,12 +304,21 @@ class _RawTerminal:
     def __exit__(self, *exc: object) -> None:
         if self.saved is not None:
             import termios
+
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
-def run_session(sock: socket.socket, request: Request, stdin_fd: int | None, stdout_fd: int,
-                stderr_fd: int, *, handshake_timeout: float = 60.0, forward_signals: bool = True,
-                on_started: Callable[[int], None] | None = None) -> int:
+def run_session(
+    sock: socket.socket,
+    request: Request,
+    stdin_fd: int | None,
+    stdout_fd: int,
+    stderr_fd: int,
+    *,
+    handshake_timeout: float = 60.0,
+    forward_signals: bool = True,
+    on_started: Callable[[int], None] | None = None,
+) -> int:
     """Run *request* over the connected *sock*; return the exit status (code, or 128+N on signal N).
 
     stdin EOF is sent as a frame and does not end the session. With *forward_signals* (main thread
@@ -347,7 +372,7 @@ def run_session(sock: socket.socket, request: Request, stdin_fd: int | None, std
                             out += frame(SIGNAL, bytes([sig_byte]))
                 elif efd == fd and ev & select.POLLOUT and out:
                     try:
-                        del out[:os.write(fd, out)]
+                        del out[: os.write(fd, out)]
                     except BlockingIOError:
                         pass
                     except OSError:  # peer closed: what it sent last is still read below

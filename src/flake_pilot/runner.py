@@ -135,8 +135,9 @@ def _join(argv: "Sequence[str]") -> str:
     return shlex.join(argv)
 
 
-def spawn(argv: "Sequence[str]", env: "Mapping[str, str] | None" = None, new_session: bool = False,
-          stdin_null: bool = False) -> int:
+def spawn(
+    argv: "Sequence[str]", env: "Mapping[str, str] | None" = None, new_session: bool = False, stdin_null: bool = False
+) -> int:
     """Start argv as a child sharing our stdio (posix_spawn, no shell); returns its pid.
 
     *new_session*: the child gets its own session, so signals the terminal sends to our

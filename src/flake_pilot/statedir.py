@@ -36,8 +36,10 @@ def _check_base(base: str) -> None:
         _refuse(f"{base}: state base is not a directory (symlink or file), refusing to use it")
     if st.st_mode & fastos.S_IWOTH and not st.st_mode & fastos.S_ISVTX:
         _refuse(f"{base}: world writable without the sticky bit; fix with: chmod 1777 {base}")
-    if st.st_uid not in (0, fastos.getuid()) and st.st_mode & (fastos.S_IWOTH | fastos.S_IWGRP) and not (
-        st.st_mode & fastos.S_ISVTX
+    if (
+        st.st_uid not in (0, fastos.getuid())
+        and st.st_mode & (fastos.S_IWOTH | fastos.S_IWGRP)
+        and not (st.st_mode & fastos.S_ISVTX)
     ):
         _refuse(f"{base}: writable by others and not owned by root or the caller")
 

@@ -42,8 +42,7 @@ def load_file(path: str) -> Any:
     try:
         doc = yaml.load(data, Loader=loader)  # noqa: S506 - loader is CSafeLoader or SafeLoader
         if expanded_size(doc) > MAX_NODES:
-            raise ConfigError(f"{path}: too many values once aliases are expanded (more than {MAX_NODES}; "
-                              "alias bomb?)")
+            raise ConfigError(f"{path}: too many values once aliases are expanded (more than {MAX_NODES}; alias bomb?)")
         return doc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark

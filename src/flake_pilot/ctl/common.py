@@ -46,9 +46,7 @@ def user_mode(args: argparse.Namespace) -> bool:
     if not getattr(args, "user", False):
         return False
     if os.getuid() == 0:
-        sys.stderr.write(
-            "flake-ctl: note: --user is ignored for root (root's flakes are the system flakes)\n"
-        )
+        sys.stderr.write("flake-ctl: note: --user is ignored for root (root's flakes are the system flakes)\n")
         return False
     return True
 

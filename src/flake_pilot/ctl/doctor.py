@@ -64,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
         Column("detail", "DETAIL"),
         Column("fix", "FIX"),
     ]
-    headline = (
-        f"flake-ctl doctor: {len(failed)} problem(s), {sum(r.status == WARN for r in results)} warning(s)"
-    )
+    headline = f"flake-ctl doctor: {len(failed)} problem(s), {sum(r.status == WARN for r in results)} warning(s)"
     emit([asdict(r) for r in results], columns, args.format, headline, "no checks ran")
     return 1 if failed else 0
 
@@ -81,19 +79,23 @@ def diagnose(user_mode: bool) -> list[Result]:
         cfg = settings.load(user_mode)
     except FlakeError as exc:
         return [Result("config", FAIL, str(exc), "fix the YAML named in the message")]
-    results.append(
-        Result("config", OK, f"{cfg.source or 'no config file, defaults'}; flakes in {cfg.flakes_dir}")
-    )
+    results.append(Result("config", OK, f"{cfg.source or 'no config file, defaults'}; flakes in {cfg.flakes_dir}"))
     flakes, reg_results = registrations(cfg)
     engines = {engine for engine, _ in flakes}
     podman_res, podman_ok = engine_binary(
-        "podman", cfg.podman_binary, "podman" in engines,
+        "podman",
+        cfg.podman_binary,
+        "podman" in engines,
         ("container flakes are registered", "needed for container flakes"),
-        "apt-get install podman (or set generic.podman_binary in flakes.yml)")
+        "apt-get install podman (or set generic.podman_binary in flakes.yml)",
+    )
     fc_res, _ = engine_binary(
-        "firecracker", cfg.firecracker_binary, "firecracker" in engines,
+        "firecracker",
+        cfg.firecracker_binary,
+        "firecracker" in engines,
         ("VM flakes are registered", "needed for VM flakes only"),
-        "install firecracker (scripts/get-firecracker.sh) or set generic.firecracker_binary")
+        "install firecracker (scripts/get-firecracker.sh) or set generic.firecracker_binary",
+    )
     results += [podman_res, fc_res]
     if podman_ok:
         results += podman_runtime(cfg, "podman" in engines)
@@ -140,11 +142,7 @@ def podman_runtime(cfg: Settings, needed: bool) -> list[Result]:
     try:
         argv, env = _podman(cfg)
     except FlakeError as exc:
-        return [
-            Result(
-                "podman storage", FAIL, str(exc), "run 'flake-ctl init' or fix generic.podman_storage_conf"
-            )
-        ]
+        return [Result("podman storage", FAIL, str(exc), "run 'flake-ctl init' or fix generic.podman_storage_conf")]
     info = runner.run(
         [*argv, "info", "--format", "{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}"],
         env=env,
@@ -165,8 +163,7 @@ def podman_runtime(cfg: Settings, needed: bool) -> list[Result]:
         Result(
             "podman storage",
             OK,
-            f"runtime {runtime}, storage driver {driver}"
-            + (f" ({env['CONTAINERS_STORAGE_CONF']})" if env else ""),
+            f"runtime {runtime}, storage driver {driver}" + (f" ({env['CONTAINERS_STORAGE_CONF']})" if env else ""),
         )
     ]
     imgs = runner.run(
@@ -226,9 +223,7 @@ def subids(user_mode: bool, needed: bool) -> Result:
             f"usermod --add-subuids 200000-265535 --add-subgids 200000-265535 {user}",
         )
     if not fastos.which("newuidmap"):
-        return Result(
-            "subuid/subgid", _needed(needed and user_mode), "newuidmap not found", "apt-get install uidmap"
-        )
+        return Result("subuid/subgid", _needed(needed and user_mode), "newuidmap not found", "apt-get install uidmap")
     return Result("subuid/subgid", OK, f"{user} has subordinate ids")
 
 
@@ -272,9 +267,7 @@ def kvm(needed: bool) -> Result:
 def tun(needed: bool) -> Result:
     path = "/dev/net/tun"
     if not os.path.exists(path):
-        return Result(
-            "tap", _needed(needed), f"{path} missing (VM networking needs TAP devices)", "modprobe tun"
-        )
+        return Result("tap", _needed(needed), f"{path} missing (VM networking needs TAP devices)", "modprobe tun")
     if not os.access(path, os.R_OK | os.W_OK):
         return Result(
             "tap",
@@ -293,9 +286,7 @@ def state_dir(name: str, base: str) -> Result:
         parent = os.path.dirname(base.rstrip("/")) or "/"
         if os.access(parent, os.W_OK):
             return Result(name, OK, f"{base} will be created on first use")
-        return Result(
-            name, FAIL, f"{base} missing and {parent} not writable", f"mkdir -m 1777 {base} (as root)"
-        )
+        return Result(name, FAIL, f"{base} missing and {parent} not writable", f"mkdir -m 1777 {base} (as root)")
     if not stat.S_ISDIR(st.st_mode):
         return Result(name, FAIL, f"{base} is a symlink or not a directory", f"rm {base} (it is recreated)")
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
@@ -320,9 +311,7 @@ def state_dirs(cfg: Settings) -> list[Result]:
         out.append(state_dir("firecracker ids dir", cfg.firecracker_ids_dir))
     if os.path.isdir(cfg.flakes_dir):
         if not os.access(cfg.flakes_dir, os.R_OK | os.X_OK):
-            out.append(
-                Result("flakes dir", FAIL, f"{cfg.flakes_dir} not readable", f"chmod 755 {cfg.flakes_dir}")
-            )
+            out.append(Result("flakes dir", FAIL, f"{cfg.flakes_dir} not readable", f"chmod 755 {cfg.flakes_dir}"))
     return out
 
 
@@ -335,9 +324,7 @@ def registrations(cfg: Settings) -> tuple[list[tuple[str, Any]], list[Result]]:
     except FileNotFoundError:
         return [], [Result("registrations", OK, f"{cfg.flakes_dir} does not exist: nothing registered")]
     except OSError as exc:
-        return [], [
-            Result("registrations", FAIL, f"{cfg.flakes_dir}: {exc.strerror}", f"chmod 755 {cfg.flakes_dir}")
-        ]
+        return [], [Result("registrations", FAIL, f"{cfg.flakes_dir}: {exc.strerror}", f"chmod 755 {cfg.flakes_dir}")]
     flakes: list[tuple[str, Any]] = []
     out: list[Result] = []
     for name in names:

@@ -19,7 +19,13 @@ from .common import add_format_flag, add_user_flag
 
 LAUNCHER = "firecracker-pilot"
 BOOT_ARGS = (
-    "init=/usr/sbin/sci", "console=ttyS0", "root=/dev/vda", "acpi=off", "rd.neednet=1", "ip=dhcp", "quiet",
+    "init=/usr/sbin/sci",
+    "console=ttyS0",
+    "root=/dev/vda",
+    "acpi=off",
+    "rd.neednet=1",
+    "ip=dhcp",
+    "quiet",
 )
 COMPONENTS = ("kis", "rootfs", "kernel", "initrd")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
@@ -28,37 +34,49 @@ _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add the `firecracker` command tree. Each leaf sets `func(args) -> int`."""
     fc = subparsers.add_parser(
-        "firecracker", help="manage Firecracker VM flakes",
+        "firecracker",
+        help="manage Firecracker VM flakes",
         description="Manage VM images and VM flakes. --user may be given before or after the subcommand.",
     )
     add_user_flag(fc)
     sub = fc.add_subparsers(title="subcommands", metavar="COMMAND")
 
     p = sub.add_parser(
-        "pull", help="fetch a VM image into the registry",
+        "pull",
+        help="fetch a VM image into the registry",
         description="Fetch a KIWI kis tarball (--kis-image) or rootfs + kernel [+ initrd] into "
-                    "<registry>/images/NAME. Sources: https:// URLs, file:// URLs or paths; plain http only "
-                    "with FLAKE_ALLOW_INSECURE_TRANSPORT set. Only a complete, verified image enters the "
-                    "registry.",
+        "<registry>/images/NAME. Sources: https:// URLs, file:// URLs or paths; plain http only "
+        "with FLAKE_ALLOW_INSECURE_TRANSPORT set. Only a complete, verified image enters the "
+        "registry.",
     )
     p.add_argument("--name", required=True, help="image name (registry dir name)")
     p.add_argument("--kis-image", metavar="URL", help="KIWI kis tarball (rootfs, kernel, [initrd], .sha256)")
     p.add_argument("--rootfs", metavar="URL", help="root filesystem image (needs --kernel)")
     p.add_argument("--kernel", metavar="URL", help="kernel image (needs --rootfs)")
     p.add_argument("--initrd", metavar="URL", help="initrd (with --rootfs and --kernel)")
-    p.add_argument("--sha256", action="append", default=[], metavar="[PART=]HEX",
-                   help="pin a sha256: kis=, rootfs=, kernel=, initrd= (bare HEX: the only source); "
-                        "without a pin <url>.sha256 is used when it exists")
-    p.add_argument("--install-sci", action="store_true",
-                   help="install flake-pilot's sci (and the dirs it needs) into an ext2/3/4 rootfs, no mount")
+    p.add_argument(
+        "--sha256",
+        action="append",
+        default=[],
+        metavar="[PART=]HEX",
+        help="pin a sha256: kis=, rootfs=, kernel=, initrd= (bare HEX: the only source); "
+        "without a pin <url>.sha256 is used when it exists",
+    )
+    p.add_argument(
+        "--install-sci",
+        action="store_true",
+        help="install flake-pilot's sci (and the dirs it needs) into an ext2/3/4 rootfs, no mount",
+    )
     p.add_argument("--sci", metavar="FILE", help="install this file as /usr/sbin/sci (implies --install-sci)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing image (once the new one is verified)")
+    p.add_argument("--force", action="store_true", help="replace an existing image (once the new one is verified)")
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("register", help="register a VM flake",
-                       description="Register --app as a flake running --target inside VM image --vm.")
+    p = sub.add_parser(
+        "register",
+        help="register a VM flake",
+        description="Register --app as a flake running --target inside VM image --vm.",
+    )
     p.add_argument("--vm", required=True, help="VM image name (pulled before)")
     p.add_argument("--app", required=True, help="absolute path of the command on the host")
     p.add_argument("--target", help="program path inside the VM (default: --app)")
@@ -67,10 +85,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--force-vsock", action="store_true", help="use vsock instead of the serial console")
     p.add_argument("--overlay-size", metavar="SIZE", help="writable overlay, e.g. 20GiB, 20GB or 20g")
     p.add_argument("--no-net", action="store_true", help="no ip= boot argument")
-    p.add_argument("--include-tar", action="extend", nargs="+", default=[], metavar="TAR",
-                   help="tar archive unpacked into the overlay (needs --overlay-size; repeatable)")
-    p.add_argument("--include-path", action="extend", nargs="+", default=[], metavar="PATH",
-                   help="host file or directory copied into the overlay (needs --overlay-size; repeatable)")
+    p.add_argument(
+        "--include-tar",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="TAR",
+        help="tar archive unpacked into the overlay (needs --overlay-size; repeatable)",
+    )
+    p.add_argument(
+        "--include-path",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="host file or directory copied into the overlay (needs --overlay-size; repeatable)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing registration or flake symlink")
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_register)
@@ -79,16 +109,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--app", help="absolute path of the registered command")
     what.add_argument("--vm", help="image name: removes its registrations and the image")
-    p.add_argument("--force", action="store_true",
-                   help="--app: remove even if symlink or config are missing (never a non-symlink); "
-                        "--vm: even if an instance is running")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="--app: remove even if symlink or config are missing (never a non-symlink); "
+        "--vm: even if an instance is running",
+    )
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_remove)
 
-    p = sub.add_parser("show", help="show VM flake instances",
-                       description="List instances (<ids>/<uid>/<app>[@NAME].vmid) with their status: "
-                                   "running only if the PID is a live firecracker process; '0' = created, "
-                                   "never started.")
+    p = sub.add_parser(
+        "show",
+        help="show VM flake instances",
+        description="List instances (<ids>/<uid>/<app>[@NAME].vmid) with their status: "
+        "running only if the PID is a live firecracker process; '0' = created, "
+        "never started.",
+    )
     add_format_flag(p)
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_show)
@@ -100,6 +136,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 # -- pull ---------------------------------------------------------------------------------------
+
 
 def _pins(values: list[str], sources: dict[str, Any]) -> dict[str, str]:
     from ..errors import UsageError
@@ -151,8 +188,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if not args.kis_image and not (args.rootfs and args.kernel):
         raise UsageError("give --kis-image URL, or --rootfs URL and --kernel URL [--initrd URL]")
     given = {"kis": args.kis_image, "rootfs": args.rootfs, "kernel": args.kernel, "initrd": args.initrd}
-    sources = {part: download.parse_source(url, f"--{part.replace('kis', 'kis-image')}")
-               for part, url in given.items() if url}
+    sources = {
+        part: download.parse_source(url, f"--{part.replace('kis', 'kis-image')}") for part, url in given.items() if url
+    }
     pins = _pins(args.sha256, sources)
     images.check_absent(cfg, name, args.force)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -172,8 +210,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 if expected is None:
                     unverified.append(part)
                 elif digest != expected:
-                    raise DownloadError(f"{source.location}: sha256 mismatch (expected {expected} from "
-                                        f"{origin}, got {digest})")
+                    raise DownloadError(
+                        f"{source.location}: sha256 mismatch (expected {expected} from {origin}, got {digest})"
+                    )
             if "kis" in sources:
                 archive = os.path.join(stage.download, "kis")
                 members = kis.extract(archive, stage.image, sources["kis"].location)
@@ -190,8 +229,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     for part in unverified:
-        sys.stderr.write(f"flake-ctl: note: {part} not verified (no --sha256 {part}=HEX and no "
-                         f"{download.sibling(sources[part], '.sha256').location})\n")
+        sys.stderr.write(
+            f"flake-ctl: note: {part} not verified (no --sha256 {part}=HEX and no "
+            f"{download.sibling(sources[part], '.sha256').location})\n"
+        )
     print(f"VM image {name!r} stored in {target}")
     print(f"guest: {ready.summary()}")
     if ready.filesystem and not ready.sci:
@@ -200,6 +241,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 # -- register / remove --------------------------------------------------------------------------
+
 
 def _abs_existing(value: str, option: str) -> str:
     from ..errors import NotFoundError
@@ -311,11 +353,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
         print(f"removed {app}")
         return 0
     vm = names.app_name(args.vm, "--vm")
-    running = [r["name"] for r in _instances(cfg.firecracker_ids_dir, cfg.flakes_dir)
-               if r["image"] == vm and r["status"] == "running"]
+    running = [
+        r["name"]
+        for r in _instances(cfg.firecracker_ids_dir, cfg.flakes_dir)
+        if r["image"] == vm and r["status"] == "running"
+    ]
     if running and not args.force:
-        raise ConflictError(f"VM image {vm!r} is in use by running instance(s) {', '.join(running)}; "
-                            "stop them first or use --force")
+        raise ConflictError(
+            f"VM image {vm!r} is in use by running instance(s) {', '.join(running)}; stop them first or use --force"
+        )
     apps = _vm_registrations(cfg.flakes_dir, vm)
     has_image = os.path.lexists(images.image_dir(cfg, vm))
     if not apps and not has_image:
@@ -329,6 +375,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 # -- show / images ------------------------------------------------------------------------------
+
 
 def vm_status(vmid: str, fc_id: str | None = None) -> str:
     """running only for a live firecracker process (a reused PID is not a VM); '0' = never started.
@@ -400,8 +447,16 @@ def _instances(ids_dir: str, flakes_dir: str) -> list[dict[str, Any]]:
                     pass
             ident = vmid[0] if vmid else ""
             fc_id = InstancePaths(directory, meta).fc_id
-            records.append({"name": meta, "user": user_name(int(uid)), "id": ident,
-                            "status": vm_status(ident, fc_id), "image": image, "config": shown})
+            records.append(
+                {
+                    "name": meta,
+                    "user": user_name(int(uid)),
+                    "id": ident,
+                    "status": vm_status(ident, fc_id),
+                    "image": image,
+                    "config": shown,
+                }
+            )
     return records
 
 
@@ -410,10 +465,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .output import Column, emit
 
     cfg = load_settings(args)
-    columns = [Column("name", "NAME"), Column("user", "USER"), Column("id", "ID"), Column("status", "STATUS"),
-               Column("image", "IMAGE"), Column("config", "CONFIG")]
-    emit(_instances(cfg.firecracker_ids_dir, cfg.flakes_dir), columns, args.format,
-         f"Flake firecracker instances in {cfg.firecracker_ids_dir}", "No instance(s) found")
+    columns = [
+        Column("name", "NAME"),
+        Column("user", "USER"),
+        Column("id", "ID"),
+        Column("status", "STATUS"),
+        Column("image", "IMAGE"),
+        Column("config", "CONFIG"),
+    ]
+    emit(
+        _instances(cfg.firecracker_ids_dir, cfg.flakes_dir),
+        columns,
+        args.format,
+        f"Flake firecracker instances in {cfg.firecracker_ids_dir}",
+        "No instance(s) found",
+    )
     return 0
 
 
@@ -426,11 +492,21 @@ def cmd_images(args: argparse.Namespace) -> int:
     records = []
     for image in images.list_images(cfg):
         ready = guestfs.readiness(image.rootfs)
-        records.append({"name": image.name, "rootfs_size": image.rootfs_size,
-                        "initrd": "yes" if image.initrd else "no",
-                        "guest": "ready" if ready.ready else ready.summary(), "path": image.path})
-    columns = [Column("name", "NAME"), Column("rootfs_size", "ROOTFS BYTES"), Column("initrd", "INITRD"),
-               Column("guest", "GUEST"), Column("path", "PATH")]
-    emit(records, columns, args.format, f"Firecracker VM images in {images.images_dir(cfg)}",
-         "No image(s) found")
+        records.append(
+            {
+                "name": image.name,
+                "rootfs_size": image.rootfs_size,
+                "initrd": "yes" if image.initrd else "no",
+                "guest": "ready" if ready.ready else ready.summary(),
+                "path": image.path,
+            }
+        )
+    columns = [
+        Column("name", "NAME"),
+        Column("rootfs_size", "ROOTFS BYTES"),
+        Column("initrd", "INITRD"),
+        Column("guest", "GUEST"),
+        Column("path", "PATH"),
+    ]
+    emit(records, columns, args.format, f"Firecracker VM images in {images.images_dir(cfg)}", "No image(s) found")
     return 0

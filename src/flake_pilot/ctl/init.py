@@ -33,13 +33,10 @@ def _write(path: str, text: str, force: bool) -> bool:
 
 def cmd_init(args: argparse.Namespace) -> int:
     if not args.user:
-        raise UsageError(
-            "init: only the user setup can be created: call 'flake-ctl init --user' as a normal user"
-        )
+        raise UsageError("init: only the user setup can be created: call 'flake-ctl init --user' as a normal user")
     if os.getuid() == 0:
         raise UsageError(
-            "init --user: root has no user mode (root's flakes are the system flakes); "
-            "call it as a normal user"
+            "init --user: root has no user mode (root's flakes are the system flakes); call it as a normal user"
         )
     system = settings.load(user_mode=False)
     flakes_root = settings.user_flakes_root()

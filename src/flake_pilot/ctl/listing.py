@@ -47,9 +47,7 @@ def collect(flakes_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
             flake = flakeconf.parse(name, path)
         except FlakeError as exc:
             errors.append(str(exc))
-            records.append(
-                {"name": name, "engine": None, "target": None, "host_app_path": None, "config": path}
-            )
+            records.append({"name": name, "engine": None, "target": None, "host_app_path": None, "config": path})
             continue
         records.append(
             {

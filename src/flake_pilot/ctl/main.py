@@ -57,9 +57,7 @@ def _add_podman(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="pull a container image from a registry",
         description="Pull an image into the flake storage (podman pull, no retry).",
     )
-    p.add_argument(
-        "--uri", required=True, help="image reference, e.g. registry.example.com/tools/aws-cli:latest"
-    )
+    p.add_argument("--uri", required=True, help="image reference, e.g. registry.example.com/tools/aws-cli:latest")
     add_user_flag(p, inherited=True)
     p.set_defaults(func=_lazy("podman", "cmd_pull"))
 
@@ -85,9 +83,7 @@ def _add_podman(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     what.add_argument(
         "--info", action="store_true", help="print the image's <name>.yaml info file instead of registering"
     )
-    p.add_argument(
-        "--target", help="program path inside the container (default: --app; '/' = image entrypoint)"
-    )
+    p.add_argument("--target", help="program path inside the container (default: --app; '/' = image entrypoint)")
     p.add_argument("--base", help="base container for a delta container")
     p.add_argument(
         "--check-host-dependencies", action="store_true", help="provision host dependencies into the instance"
@@ -117,9 +113,7 @@ def _add_podman(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="host file or directory copied into the instance (repeatable)",
     )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--resume", action="store_true", help="keep one instance running; each call runs podman exec"
-    )
+    mode.add_argument("--resume", action="store_true", help="keep one instance running; each call runs podman exec")
     mode.add_argument("--attach", action="store_true", help="keep the instance; each call attaches/starts it")
     p.add_argument(
         "--opt",

@@ -23,9 +23,7 @@ class Column:
     shorten: Callable[[str], str] | None = None  # applied in the table only
 
 
-def render(
-    records: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str, headline: str, empty: str
-) -> str:
+def render(records: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str, headline: str, empty: str) -> str:
     if fmt == "json":
         return json.dumps([{c.key: r.get(c.key) for c in columns} for r in records], indent=2) + "\n"
     if fmt == "csv":
@@ -62,8 +60,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def emit(
-    records: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str, headline: str, empty: str
-) -> None:
+def emit(records: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str, headline: str, empty: str) -> None:
     sys.stdout.write(render(records, columns, fmt, headline, empty))
     sys.stdout.flush()

@@ -156,13 +156,9 @@ def _info(cfg: Settings, container: str) -> int:
     podman, env = podman_engine(cfg)
     exists = run([*podman, "image", "exists", container], env=env, check=False)
     if exists.returncode == 1:
-        raise NotFoundError(
-            f"--container: image {container} is not in the flake storage (pull or load it first)"
-        )
+        raise NotFoundError(f"--container: image {container} is not in the flake storage (pull or load it first)")
     if exists.returncode != 0:
-        raise EngineError(
-            f"podman image exists {container} failed: {first_line(exists.stderr)}", exists.returncode
-        )
+        raise EngineError(f"podman image exists {container} failed: {first_line(exists.stderr)}", exists.returncode)
     name = info_file_name(container)
     cid = _last_line(run([*podman, "create", "--pull=never", container, "true"], env=env).stdout)
     tmp = tempfile.mkdtemp(prefix="flake-ctl-info-")
@@ -219,9 +215,7 @@ def _purge(cfg: Settings, container: str, force: bool) -> int:
             continue
         if isinstance(flake, flakeconf.PodmanFlake) and flake.image == container:
             if not flake.host_app_path:
-                sys.stderr.write(
-                    f"flake-ctl: {path}: key 'container.host_app_path' is missing, not removed\n"
-                )
+                sys.stderr.write(f"flake-ctl: {path}: key 'container.host_app_path' is missing, not removed\n")
                 failed = 1
                 continue
             apps.append(flake.host_app_path)
@@ -229,9 +223,7 @@ def _purge(cfg: Settings, container: str, force: bool) -> int:
     _free_composed(cfg, image=container)
     exists = run([*podman, "image", "exists", container], env=env, check=False)
     if exists.returncode not in (0, 1):
-        raise EngineError(
-            f"podman image exists {container} failed: {first_line(exists.stderr)}", exists.returncode
-        )
+        raise EngineError(f"podman image exists {container} failed: {first_line(exists.stderr)}", exists.returncode)
     if exists.returncode == 1 and not apps:
         raise NotFoundError(f"--container: no image {container} and no flake registered for it")
     if exists.returncode == 0:

@@ -60,8 +60,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     records = []
     for e in sorted(list_entries(argv, env), key=lambda e: (str(e["app"]), -int(str(e["created"] or 0)))):
         records.append({**e, "created": _when(e["created"]), "size": e["size"]})
-    columns = [Column("app", "APP"), Column("tag", "IMAGE"), Column("inputs", "INPUTS"),
-               Column("size", "SIZE"), Column("created", "CREATED"), Column("containers", "IN USE")]
+    columns = [
+        Column("app", "APP"),
+        Column("tag", "IMAGE"),
+        Column("inputs", "INPUTS"),
+        Column("size", "SIZE"),
+        Column("created", "CREATED"),
+        Column("containers", "IN USE"),
+    ]
     emit(records, columns, args.format, "Composed delta images", "(none)")
     return 0
 

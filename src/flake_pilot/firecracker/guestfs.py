@@ -21,8 +21,15 @@ SCI_PATH = "/usr/sbin/sci"
 PYTHON_PATH = "/usr/bin/python3"
 # Directories sci uses in the guest (mount points and the overlay root), with their modes.
 SCI_DIRS = (
-    ("/usr", 0o755), ("/usr/sbin", 0o755), ("/overlayroot", 0o755), ("/proc", 0o555), ("/sys", 0o555),
-    ("/dev", 0o755), ("/run", 0o755), ("/tmp", 0o1777), ("/mnt", 0o755),
+    ("/usr", 0o755),
+    ("/usr/sbin", 0o755),
+    ("/overlayroot", 0o755),
+    ("/proc", 0o555),
+    ("/sys", 0o555),
+    ("/dev", 0o755),
+    ("/run", 0o755),
+    ("/tmp", 0o1777),
+    ("/mnt", 0o755),
 )
 _TYPE = re.compile(r"Type:\s+(\w+)")
 _SAFE = re.compile(r"[A-Za-z0-9._/@+-]+")
@@ -107,8 +114,12 @@ def install_sci(image: str, sci_file: str) -> None:
     for path, mode in SCI_DIRS:
         kind = file_type(image, path)
         if kind is None:
-            commands += [f"mkdir {path}", f"sif {path} mode 0{0o040000 | mode:o}", f"sif {path} uid 0",
-                         f"sif {path} gid 0"]
+            commands += [
+                f"mkdir {path}",
+                f"sif {path} mode 0{0o040000 | mode:o}",
+                f"sif {path} uid 0",
+                f"sif {path} gid 0",
+            ]
         elif kind not in ("directory", "symlink"):
             raise EngineError(f"{image}: {path} exists in the image but is a {kind}, not a directory")
     kind = file_type(image, SCI_PATH)
@@ -127,8 +138,13 @@ def install_sci(image: str, sci_file: str) -> None:
             out.write(content)
         _check_path(local)
         parent, name = SCI_PATH.rsplit("/", 1)
-        commands += [f"cd {parent}", f"write {local} {name}", f"sif {SCI_PATH} mode 0100755",
-                     f"sif {SCI_PATH} uid 0", f"sif {SCI_PATH} gid 0"]
+        commands += [
+            f"cd {parent}",
+            f"write {local} {name}",
+            f"sif {SCI_PATH} mode 0100755",
+            f"sif {SCI_PATH} uid 0",
+            f"sif {SCI_PATH} gid 0",
+        ]
         script = os.path.join(tmp_dir, "commands")
         with open(script, "w", encoding="ascii") as out:
             out.write("\n".join(commands) + "\n")

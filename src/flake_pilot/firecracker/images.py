@@ -139,8 +139,9 @@ class Staging:
         except OSError as exc:
             own = not self.cfg.user_mode and exc.errno == errno.EACCES
             hint = " (use --user for your own registry)" if own else ""
-            raise FlakeError(f"{exc.filename or registry_dir(self.cfg)}: cannot use the registry: "
-                             f"{exc.strerror}{hint}") from exc
+            raise FlakeError(
+                f"{exc.filename or registry_dir(self.cfg)}: cannot use the registry: {exc.strerror}{hint}"
+            ) from exc
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         self.fd = os.open(os.path.join(self.root, ".lock"), flags, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)

@@ -82,8 +82,7 @@ def extract(path: str, dest_dir: str, archive: str | None = None) -> Members:
                     continue
                 if target in found:
                     raise DownloadError(
-                        f"{archive}: ambiguous kis archive: {found[target]!r} and {name!r} both look like "
-                        f"the {target}"
+                        f"{archive}: ambiguous kis archive: {found[target]!r} and {name!r} both look like the {target}"
                     )
                 found[target] = name
                 source = tar.extractfile(member)

@@ -56,7 +56,11 @@ class CallArgs:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CallArgs) and (self.meta, self.args, self.port, self.progress) == (
-            other.meta, other.args, other.port, other.progress)
+            other.meta,
+            other.args,
+            other.port,
+            other.progress,
+        )
 
     def __repr__(self) -> str:
         return f"CallArgs({self.meta!r}, {self.args!r}, {self.port!r}, {self.progress!r})"
@@ -189,8 +193,18 @@ def spawn(paths: "InstancePaths", doc: dict[str, object], *, serial: bool, keep:
     # O_APPEND: firecracker writes its own log to the same file
     flags = fastos.O_WRONLY | fastos.O_CREAT | fastos.O_TRUNC | fastos.O_APPEND | fastos.O_NOFOLLOW | fastos.O_CLOEXEC
     log_fd = fastos.open(paths.log, flags, 0o600)
-    argv = [fc, "--no-api", "--id", paths.fc_id, "--config-file", f"/dev/fd/{r}",
-            "--log-path", paths.log, "--level", "Warning"]
+    argv = [
+        fc,
+        "--no-api",
+        "--id",
+        paths.fc_id,
+        "--config-file",
+        f"/dev/fd/{r}",
+        "--log-path",
+        paths.log,
+        "--level",
+        "Warning",
+    ]
     debug.log("+ " + " ".join(argv))
     try:
         pid = _start(argv, console=serial, log_fd=log_fd, config_fd=r, keep=keep)
@@ -209,8 +223,10 @@ def find_binary(binary: str) -> str:
     if fastos.basename(binary) != "firecracker":
         from ..errors import EngineError
 
-        raise EngineError(f"{binary}: the Firecracker binary must be named 'firecracker' (a symlink of that "
-                          "name will do), instances are recognised by it")
+        raise EngineError(
+            f"{binary}: the Firecracker binary must be named 'firecracker' (a symlink of that "
+            "name will do), instances are recognised by it"
+        )
     path = fastos.which(binary)
     if path is not None:
         return path
@@ -264,8 +280,9 @@ def prepare(flake: "Plan", paths: "InstancePaths", uid: int, resume: bool) -> tu
     return ov, dev
 
 
-def build(flake: "Plan", paths: "InstancePaths", call: CallArgs, ov: str | None, dev: str | None,
-          uid: int) -> dict[str, object]:
+def build(
+    flake: "Plan", paths: "InstancePaths", call: CallArgs, ov: str | None, dev: str | None, uid: int
+) -> dict[str, object]:
     from . import vmdef
 
     try:
@@ -274,8 +291,14 @@ def build(flake: "Plan", paths: "InstancePaths", call: CallArgs, ov: str | None,
     except OSError:
         winsize = (0, 0)
     inst = vmdef.Instance(call.meta, paths.sock, ov, dev, vmdef.guest_mac(uid, call.meta))
-    cmdline = vmdef.boot_args(flake, call.args, overlay=ov is not None, debug=debug.enabled(),
-                              term=fastos.environ.get("TERM"), winsize=winsize)
+    cmdline = vmdef.boot_args(
+        flake,
+        call.args,
+        overlay=ov is not None,
+        debug=debug.enabled(),
+        term=fastos.environ.get("TERM"),
+        winsize=winsize,
+    )
     return vmdef.config(flake, inst, cmdline)
 
 
@@ -373,6 +396,7 @@ def run_oneshot(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int,
 
 def _wait_serial(pid: int) -> int:
     """Wait for the foreground VM; signals to the launcher are passed on to firecracker."""
+
     def forward(signo: int, _frame: object) -> None:
         fastos.kill(pid, signo)
 
@@ -431,8 +455,10 @@ def launch(app: str, argv: list[str]) -> int:
     if len(fastos.fsencode(paths.sock)) + len(f"_{call.port}") > SUN_PATH_MAX:
         from ..errors import UsageError
 
-        raise UsageError(f"{paths.sock}_{call.port}: longer than a Unix socket path may be; "
-                         "use a shorter @NAME or firecracker_ids_dir")
+        raise UsageError(
+            f"{paths.sock}_{call.port}: longer than a Unix socket path may be; "
+            "use a shorter @NAME or firecracker_ids_dir"
+        )
     reaped = instances.gc(state_dir)
     if reaped:
         debug.log(f"reaped stale instances: {', '.join(reaped)}")
@@ -451,8 +477,9 @@ def main(argv: list[str] | None = None) -> None:
         if app in ("firecracker-pilot", "") or app.endswith(".py"):
             from ..errors import UsageError
 
-            raise UsageError("firecracker-pilot is started through an app symlink registered with "
-                             "`flake-ctl firecracker register`")
+            raise UsageError(
+                "firecracker-pilot is started through an app symlink registered with `flake-ctl firecracker register`"
+            )
         from ..names import app_name
 
         code = launch(app_name(app), argv[1:])

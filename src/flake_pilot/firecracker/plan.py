@@ -43,8 +43,16 @@ class Include(_Record):
 
 
 class Runtime(_Record):
-    __slots__ = ("boot_args", "overlay_size", "rootfs_image_path", "kernel_image_path", "initrd_path",
-                 "mem_size_mib", "vcpu_count", "cache_type")
+    __slots__ = (
+        "boot_args",
+        "overlay_size",
+        "rootfs_image_path",
+        "kernel_image_path",
+        "initrd_path",
+        "mem_size_mib",
+        "vcpu_count",
+        "cache_type",
+    )
     boot_args: tuple[str, ...]
     overlay_size: str | None
     rootfs_image_path: str | None
@@ -58,8 +66,17 @@ class Runtime(_Record):
 class Plan:
     """The launch-relevant part of a VM registration and its settings."""
 
-    __slots__ = ("app", "config_file", "target_app_path", "resume", "force_vsock", "include", "firecracker",
-                 "ids_dir", "binary")
+    __slots__ = (
+        "app",
+        "config_file",
+        "target_app_path",
+        "resume",
+        "force_vsock",
+        "include",
+        "firecracker",
+        "ids_dir",
+        "binary",
+    )
     _PLAIN = ("app", "config_file", "target_app_path", "resume", "force_vsock", "ids_dir", "binary")
 
     app: str
@@ -94,18 +111,28 @@ class Plan:
 
 def from_flake(flake: "VmFlake", cfg: "Settings") -> Plan:
     fc = flake.firecracker
-    return Plan({
-        "app": flake.app, "config_file": flake.config_file, "target_app_path": flake.target_app_path,
-        "resume": flake.resume, "force_vsock": flake.force_vsock,
-        "include": {"tar": tuple(flake.include.tar), "path": tuple(flake.include.path)},
-        "firecracker": {
-            "boot_args": tuple(fc.boot_args), "overlay_size": fc.overlay_size,
-            "rootfs_image_path": fc.rootfs_image_path, "kernel_image_path": fc.kernel_image_path,
-            "initrd_path": fc.initrd_path, "mem_size_mib": fc.mem_size_mib, "vcpu_count": fc.vcpu_count,
-            "cache_type": fc.cache_type,
-        },
-        "ids_dir": cfg.firecracker_ids_dir, "binary": cfg.firecracker_binary,
-    })
+    return Plan(
+        {
+            "app": flake.app,
+            "config_file": flake.config_file,
+            "target_app_path": flake.target_app_path,
+            "resume": flake.resume,
+            "force_vsock": flake.force_vsock,
+            "include": {"tar": tuple(flake.include.tar), "path": tuple(flake.include.path)},
+            "firecracker": {
+                "boot_args": tuple(fc.boot_args),
+                "overlay_size": fc.overlay_size,
+                "rootfs_image_path": fc.rootfs_image_path,
+                "kernel_image_path": fc.kernel_image_path,
+                "initrd_path": fc.initrd_path,
+                "mem_size_mib": fc.mem_size_mib,
+                "vcpu_count": fc.vcpu_count,
+                "cache_type": fc.cache_type,
+            },
+            "ids_dir": cfg.firecracker_ids_dir,
+            "binary": cfg.firecracker_binary,
+        }
+    )
 
 
 def cached(app: str) -> Plan | None:

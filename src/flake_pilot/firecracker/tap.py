@@ -53,8 +53,9 @@ def ensure(dev: str, uid: int) -> bool:
         reason = err[-1] if err else f"exit {proc.returncode}"
         hint = ""
         if "not permitted" in reason.lower():
-            hint = (f"; creating TAP devices needs CAP_NET_ADMIN: as root run "
-                    f"`ip tuntap add dev {dev} mode tap user {uid}`")
+            hint = (
+                f"; creating TAP devices needs CAP_NET_ADMIN: as root run `ip tuntap add dev {dev} mode tap user {uid}`"
+            )
         raise EngineError(f"cannot create TAP device {dev}: {reason}{hint}")
     run([ip, "link", "set", "dev", dev, "up"], check=False)
     return True

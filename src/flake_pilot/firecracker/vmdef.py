@@ -125,8 +125,7 @@ def boot_args(
 def config(flake: "Vm", inst: Instance, cmdline: str) -> "dict[str, Any]":
     """Firecracker's config-file document (``--no-api --config-file``)."""
     fc = flake.firecracker
-    for key, value in (("kernel_image_path", fc.kernel_image_path),
-                       ("rootfs_image_path", fc.rootfs_image_path)):
+    for key, value in (("kernel_image_path", fc.kernel_image_path), ("rootfs_image_path", fc.rootfs_image_path)):
         if not value:
             from ..errors import ConfigError
 
@@ -135,12 +134,24 @@ def config(flake: "Vm", inst: Instance, cmdline: str) -> "dict[str, Any]":
     if fc.initrd_path:
         boot["initrd_path"] = fc.initrd_path
     drives: list[dict[str, Any]] = [
-        {"drive_id": "rootfs", "path_on_host": fc.rootfs_image_path, "is_root_device": True,
-         "is_read_only": True, "cache_type": "Writeback"},
+        {
+            "drive_id": "rootfs",
+            "path_on_host": fc.rootfs_image_path,
+            "is_root_device": True,
+            "is_read_only": True,
+            "cache_type": "Writeback",
+        },
     ]
     if inst.overlay:
-        drives.append({"drive_id": "overlay", "path_on_host": inst.overlay, "is_root_device": False,
-                       "is_read_only": False, "cache_type": fc.cache_type})
+        drives.append(
+            {
+                "drive_id": "overlay",
+                "path_on_host": inst.overlay,
+                "is_root_device": False,
+                "is_read_only": False,
+                "cache_type": fc.cache_type,
+            }
+        )
     doc: dict[str, Any] = {
         "boot-source": boot,
         "drives": drives,

@@ -14,8 +14,7 @@ OPTIONS = ("interactive", "remove", "progress", "ignore_missing_volume_path", "i
 MAX_EXPANSIONS = 64  # %VAR substitutions per runtime.podman entry
 MAX_EXPANDED = 65536  # characters of one expanded entry
 # chosen by the launcher from the caller's terminal, never taken from the registration
-TTY_FLAGS = frozenset({"-t", "-i", "-it", "-ti", "--tty", "--interactive", "--tty=true",
-                       "--interactive=true"})
+TTY_FLAGS = frozenset({"-t", "-i", "-it", "-ti", "--tty", "--interactive", "--tty=true", "--interactive=true"})
 KEEPALIVE = ("/run/podman-init", "-P")  # catatonit (mounted by --init) in pause mode
 
 
@@ -158,8 +157,14 @@ def init_flag(tty: bool) -> list[str]:
 
 
 def run_argv(
-    prefix: "Sequence[str]", image: str, target: str, opts: "Sequence[str]", app_args: "Sequence[str]",
-    tty: bool, cidfile: str, pidfile: str,
+    prefix: "Sequence[str]",
+    image: str,
+    target: str,
+    opts: "Sequence[str]",
+    app_args: "Sequence[str]",
+    tty: bool,
+    cidfile: str,
+    pidfile: str,
 ) -> list[str]:
     """One-shot: ``podman run --rm`` (removed at exit).
 
@@ -168,20 +173,45 @@ def run_argv(
     makes Ctrl-C, typed into the container's terminal, work for apps without a SIGINT handler;
     a missing target then exits 1 (catatonit's code) with its message on the terminal.
     """
-    argv = [*prefix, "run", "--rm", *tty_flags(tty), *init_flag(tty), "--pull=missing",
-            "--cidfile", cidfile, "--conmon-pidfile", pidfile]
+    argv = [
+        *prefix,
+        "run",
+        "--rm",
+        *tty_flags(tty),
+        *init_flag(tty),
+        "--pull=missing",
+        "--cidfile",
+        cidfile,
+        "--conmon-pidfile",
+        pidfile,
+    ]
     if target != "/":
         argv += ["--entrypoint", target]
     return [*argv, *opts, image, *app_args]
 
 
 def create_argv(
-    prefix: "Sequence[str]", image: str, target: str, opts: "Sequence[str]", app_args: "Sequence[str]",
-    tty: bool, cidfile: str, pidfile: str,
+    prefix: "Sequence[str]",
+    image: str,
+    target: str,
+    opts: "Sequence[str]",
+    app_args: "Sequence[str]",
+    tty: bool,
+    cidfile: str,
+    pidfile: str,
 ) -> list[str]:
     """Attach mode: a kept container running the app, started with ``start --attach``."""
-    argv = [*prefix, "create", *tty_flags(tty), *init_flag(tty), "--pull=missing",
-            "--cidfile", cidfile, "--conmon-pidfile", pidfile]
+    argv = [
+        *prefix,
+        "create",
+        *tty_flags(tty),
+        *init_flag(tty),
+        "--pull=missing",
+        "--cidfile",
+        cidfile,
+        "--conmon-pidfile",
+        pidfile,
+    ]
     if target != "/":
         argv += ["--entrypoint", target]
     return [*argv, *opts, image, *app_args]
@@ -191,12 +221,31 @@ def resume_create_argv(
     prefix: "Sequence[str]", image: str, opts: "Sequence[str]", cidfile: str, pidfile: str
 ) -> list[str]:
     """Resume: a long-lived instance idling in catatonit's pause mode (no ``sleep`` needed)."""
-    return [*prefix, "run", "-d", "--init", "--pull=missing", "--cidfile", cidfile,
-            "--conmon-pidfile", pidfile, "--entrypoint", KEEPALIVE[0], *opts, image, *KEEPALIVE[1:]]
+    return [
+        *prefix,
+        "run",
+        "-d",
+        "--init",
+        "--pull=missing",
+        "--cidfile",
+        cidfile,
+        "--conmon-pidfile",
+        pidfile,
+        "--entrypoint",
+        KEEPALIVE[0],
+        *opts,
+        image,
+        *KEEPALIVE[1:],
+    ]
 
 
 def exec_argv(
-    prefix: "Sequence[str]", cid: str, target: str, app_args: "Sequence[str]", tty: bool, session: str,
+    prefix: "Sequence[str]",
+    cid: str,
+    target: str,
+    app_args: "Sequence[str]",
+    tty: bool,
+    session: str,
 ) -> list[str]:
     """Resume: run the app in the instance; *session* tags it so signals can be forwarded."""
     return [*prefix, "exec", *tty_flags(tty), "-e", f"{SESSION_VAR}={session}", cid, target, *app_args]

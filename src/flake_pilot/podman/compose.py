@@ -30,9 +30,7 @@ class ComposeInterrupted(FlakeError):
 
 
 def needs_compose(flake: PodmanFlake) -> bool:
-    return bool(
-        flake.base_container or flake.check_host_dependencies or flake.include.tar or flake.include.path
-    )
+    return bool(flake.base_container or flake.check_host_dependencies or flake.include.tar or flake.include.path)
 
 
 def ensure_image(
@@ -129,9 +127,15 @@ def _compose_dir(app: str, config_file: str, state_dir: str | None) -> str:
 
 def _flake_fields(flake: PodmanFlake) -> dict[str, object]:
     """What a composition is made of, as recorded in the sidecar."""
-    return {"app": flake.app, "base": flake.base_container, "layers": list(flake.layers),
-            "image": flake.image, "tar": list(flake.include.tar), "path": list(flake.include.path),
-            "host": flake.check_host_dependencies}
+    return {
+        "app": flake.app,
+        "base": flake.base_container,
+        "layers": list(flake.layers),
+        "image": flake.image,
+        "tar": list(flake.include.tar),
+        "path": list(flake.include.path),
+        "host": flake.check_host_dependencies,
+    }
 
 
 def _runtime(podman: list[str], env: dict[str, str], ignore: bool) -> list[object]:
@@ -201,8 +205,9 @@ def _stamp(path: str) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _fresh(side: dict[str, object], inputs: dict[str, object], runtime: list[object], engine: object,
-           side_path: str) -> bool:
+def _fresh(
+    side: dict[str, object], inputs: dict[str, object], runtime: list[object], engine: object, side_path: str
+) -> bool:
     """True when the recorded composition still matches every input (engine: Engine or None)."""
     from .. import debug
     from . import compose_store
@@ -242,8 +247,14 @@ def _fresh(side: dict[str, object], inputs: dict[str, object], runtime: list[obj
 
 
 def _compose_locked(
-    flake: PodmanFlake, engine: object, cdir: str, side_path: str, old: dict[str, object] | None,
-    inputs: dict[str, object], runtime: list[object], ignore: bool,
+    flake: PodmanFlake,
+    engine: object,
+    cdir: str,
+    side_path: str,
+    old: dict[str, object] | None,
+    inputs: dict[str, object],
+    runtime: list[object],
+    ignore: bool,
 ) -> str:
     import errno
     import shutil
@@ -275,20 +286,33 @@ def _compose_locked(
         images_stamp = _stamp(images_json)  # before resolving: a later change is noticed
         result = compose_build.compose(flake, engine, workdir, ignore, images_json)
         sig = compose_store.signature(_watched(inputs, str(runtime[2]), list(result.hostdeps)))
-        side = {"inputs_cfg": inputs, "runtime": runtime, "config_sig": config_sig, "store_sig": store_sig,
-                "images_json": images_json, "images_stamp": images_stamp, "tag": result.tag,
-                "id": result.image_id, "images": [list(i) for i in result.inputs],
-                "hostdeps": list(result.hostdeps), "sig": sig}
+        side = {
+            "inputs_cfg": inputs,
+            "runtime": runtime,
+            "config_sig": config_sig,
+            "store_sig": store_sig,
+            "images_json": images_json,
+            "images_stamp": images_stamp,
+            "tag": result.tag,
+            "id": result.image_id,
+            "images": [list(i) for i in result.inputs],
+            "hostdeps": list(result.hostdeps),
+            "sig": sig,
+        }
         _write_sidecar(side_path, side)
     except KeyboardInterrupt:
-        raise ComposeInterrupted(f"{flake.config_file}: composing the image of {flake.app} was interrupted; "
-                                 "nothing was kept") from None
+        raise ComposeInterrupted(
+            f"{flake.config_file}: composing the image of {flake.app} was interrupted; nothing was kept"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise FlakeError(f"{flake.config_file}: composing {flake.app}: no space left on device "
-                             f"(work dir {workdir}); nothing was kept") from exc
-        raise FlakeError(f"{flake.config_file}: composing {flake.app}: {exc.filename or workdir}: "
-                         f"{exc.strerror}") from exc
+            raise FlakeError(
+                f"{flake.config_file}: composing {flake.app}: no space left on device "
+                f"(work dir {workdir}); nothing was kept"
+            ) from exc
+        raise FlakeError(
+            f"{flake.config_file}: composing {flake.app}: {exc.filename or workdir}: {exc.strerror}"
+        ) from exc
     finally:
         for sig_num, handler in saved.items():
             signal.signal(sig_num, handler)
@@ -306,22 +330,31 @@ def list_entries(podman_argv: list[str], env: dict[str, str]) -> list[dict[str, 
     from .. import runner
     from .compose_build import LABEL_APP, LABEL_INPUTS, PREFIX
 
-    out = runner.run([*podman_argv, "images", "--format", "json", "--filter", f"label={LABEL_APP}"],
-                     env=env).stdout
+    out = runner.run([*podman_argv, "images", "--format", "json", "--filter", f"label={LABEL_APP}"], env=env).stdout
     entries = []
     for img in json.loads(out or b"[]"):
         labels = img.get("Labels") or {}
         tags = [n for n in img.get("Names") or [] if n.startswith(PREFIX)]
-        entries.append({"app": labels.get(LABEL_APP, ""), "tag": tags[0] if tags else "",
-                        "id": img.get("Id", ""), "inputs": labels.get(LABEL_INPUTS, ""),
-                        "size": img.get("Size", 0), "created": img.get("Created", 0),
-                        "containers": img.get("Containers", 0)})
+        entries.append(
+            {
+                "app": labels.get(LABEL_APP, ""),
+                "tag": tags[0] if tags else "",
+                "id": img.get("Id", ""),
+                "inputs": labels.get(LABEL_INPUTS, ""),
+                "size": img.get("Size", 0),
+                "created": img.get("Created", 0),
+                "containers": img.get("Containers", 0),
+            }
+        )
     return entries
 
 
 def free_entries(
-    *, app: str | None = None, image: str | None = None,
-    podman_argv: list[str] | None = None, env: dict[str, str] | None = None,
+    *,
+    app: str | None = None,
+    image: str | None = None,
+    podman_argv: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
     """Remove the composed images of *app*, or those built from *image*; returns what was removed.
 

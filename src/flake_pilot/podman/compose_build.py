@@ -41,8 +41,7 @@ class Engine:
         return runner.run([*self.argv, *args], env=self.env, timeout=timeout).stdout
 
     def image_id(self, ref: str) -> str | None:
-        proc = runner.run([*self.argv, "image", "inspect", "--format", "{{.Id}}", ref],
-                          env=self.env, check=False)
+        proc = runner.run([*self.argv, "image", "inspect", "--format", "{{.Id}}", ref], env=self.env, check=False)
         out = proc.stdout.decode().strip()
         return out if proc.returncode == 0 and out else None
 
@@ -80,23 +79,24 @@ def input_refs(flake: PodmanFlake) -> list[tuple[str, str]]:
     return unique
 
 
-def resolve(
-    engine: Engine, flake: PodmanFlake, index: StoreIndex | None = None
-) -> list[tuple[str, str, str]]:
+def resolve(engine: Engine, flake: PodmanFlake, index: StoreIndex | None = None) -> list[tuple[str, str, str]]:
     """(role, reference, image id) of every input; missing images are pulled first."""
     result = []
     for role, ref in input_refs(flake):
         iid = (index.resolve(ref) if index is not None else None) or engine.image_id(ref)
         if iid is None:
             if ref.startswith("localhost/"):
-                raise NotFoundError(f"{flake.config_file}: {role}: image {ref} is not in the image store "
-                                    "(a localhost/ image cannot be pulled)")
+                raise NotFoundError(
+                    f"{flake.config_file}: {role}: image {ref} is not in the image store "
+                    "(a localhost/ image cannot be pulled)"
+                )
             debug.log(f"compose: pulling {ref}")
             try:
                 engine.run("pull", "-q", ref)
             except EngineError as exc:
-                raise NotFoundError(f"{flake.config_file}: {role}: image {ref} is missing and cannot be "
-                                    f"pulled: {exc}") from exc
+                raise NotFoundError(
+                    f"{flake.config_file}: {role}: image {ref} is missing and cannot be pulled: {exc}"
+                ) from exc
             iid = engine.image_id(ref)
             if iid is None:
                 raise NotFoundError(f"{flake.config_file}: {role}: image {ref} not found after pull")
@@ -225,19 +225,26 @@ def _add_paths(flake: PodmanFlake, tar: tarfile.TarFile) -> None:
 
 
 def _host_layer(
-    flake: PodmanFlake, engine: Engine, archive: _Archive, inputs: list[tuple[str, str, str]],
-    stack: list[str], workdir: str, ignore: bool,
+    flake: PodmanFlake,
+    engine: Engine,
+    archive: _Archive,
+    inputs: list[tuple[str, str, str]],
+    stack: list[str],
+    workdir: str,
+    ignore: bool,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Host paths the images ask for (``/removed`` of every input, ``/systemfiles`` output)."""
     paths: list[str] = []
     for _role, ref, iid in inputs:
         text = archive.effective(archive.layers[iid], "removed")
         if text:
-            paths += [p for p in hostdeps.parse_list(text.decode(errors="replace"), f"{ref}:/removed")
-                      if p not in paths]
+            paths += [
+                p for p in hostdeps.parse_list(text.decode(errors="replace"), f"{ref}:/removed") if p not in paths
+            ]
     if archive.effective(stack, "systemfiles") is not None:
-        provider = next((r, i) for _, r, i in reversed(inputs)
-                        if archive.effective(archive.layers[i], "systemfiles") is not None)
+        provider = next(
+            (r, i) for _, r, i in reversed(inputs) if archive.effective(archive.layers[i], "systemfiles") is not None
+        )
         where = f"{provider[0]}:/systemfiles"
         try:
             output = hostdeps.run_generator(list(engine.argv), engine.env, provider[1], where)
@@ -263,15 +270,23 @@ def _host_layer(
 
 
 def _write_composed(
-    archive: _Archive, stack: list[str], extras: list[tuple[str, str]], app_config: dict[str, Any],
-    inputs: list[tuple[str, str, str]], tag: str, key: str, app: str, out: str,
+    archive: _Archive,
+    stack: list[str],
+    extras: list[tuple[str, str]],
+    app_config: dict[str, Any],
+    inputs: list[tuple[str, str, str]],
+    tag: str,
+    key: str,
+    app: str,
+    out: str,
 ) -> None:
     config = json.loads(json.dumps(app_config))
     diff_ids = [archive.diff_ids[layer] for layer in stack] + [diff for _, diff in extras]
     config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
     created = config.get("created", "1970-01-01T00:00:00Z")
-    config["history"] = [{"created": created, "created_by": f"flake-pilot compose: layer {n}"}
-                         for n in range(len(diff_ids))]
+    config["history"] = [
+        {"created": created, "created_by": f"flake-pilot compose: layer {n}"} for n in range(len(diff_ids))
+    ]
     labels = dict((config.setdefault("config", {}) or {}).get("Labels") or {})
     labels.update({LABEL_APP: app, LABEL_INPUTS: " ".join(ref for _, ref, _ in inputs), LABEL_KEY: key})
     config["config"]["Labels"] = labels

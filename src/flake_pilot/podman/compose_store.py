@@ -119,8 +119,9 @@ def signature(paths: list[str]) -> list[list[object]]:
     for path in paths:
         try:
             for entry, st in walk(path):
-                sig.append([entry, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
-                            st.st_ctime_ns, st.st_ino])
+                sig.append(
+                    [entry, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+                )
         except OSError as exc:
             sig.append([path, "error", exc.errno])
     return sig

@@ -41,8 +41,19 @@ def parse_list(text: str, where: str) -> list[str]:
 
 def run_generator(podman: list[str], env: dict[str, str], image_id: str, where: str) -> str:
     """Run the image's ``/systemfiles`` inside a container of that image; return its stdout."""
-    argv = [*podman, "run", "--rm", "--pull=never", "--network=none", "--cap-drop=all",
-            "--security-opt=no-new-privileges", "--entrypoint", "/bin/sh", image_id, "/systemfiles"]
+    argv = [
+        *podman,
+        "run",
+        "--rm",
+        "--pull=never",
+        "--network=none",
+        "--cap-drop=all",
+        "--security-opt=no-new-privileges",
+        "--entrypoint",
+        "/bin/sh",
+        image_id,
+        "/systemfiles",
+    ]
     try:
         proc = runner.run(argv, env=env, timeout=120)
     except EngineError as exc:
@@ -75,6 +86,5 @@ class HostFileCheck:
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             return self.refuse(path, "not a regular file, directory or symlink", SecurityError)
         if not mode & stat.S_IROTH:
-            return self.refuse(path, "not world-readable, refusing to copy it into a container",
-                                SecurityError)
+            return self.refuse(path, "not world-readable, refusing to copy it into a container", SecurityError)
         return True

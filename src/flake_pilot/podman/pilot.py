@@ -69,8 +69,7 @@ def launch(app: str, args: list[str]) -> int:
     if app in ("podman-pilot", "") or app.startswith("."):
         from ..errors import UsageError
 
-        raise UsageError("call podman-pilot through an app symlink "
-                         "(flake-ctl podman register --app /usr/bin/NAME ...)")
+        raise UsageError("call podman-pilot through an app symlink (flake-ctl podman register --app /usr/bin/NAME ...)")
     with debug.phase("plan"):
         p = plan.load(app)
     if not p.user_mode and fastos.getuid() != 0:
@@ -78,7 +77,8 @@ def launch(app: str, args: list[str]) -> int:
 
         raise SecurityError(
             f"{p.config_file}: runas root: this system flake uses root's podman storage; run it as root "
-            f"(e.g. sudo {app}) or register your own: flake-ctl podman --user register ...")
+            f"(e.g. sudo {app}) or register your own: flake-ctl podman --user register ..."
+        )
     try:
         caller = argv.split_caller_args(args, _validate_instance)
     except ValueError as exc:
@@ -100,8 +100,7 @@ def launch(app: str, args: list[str]) -> int:
 
         ignore = "ignore_sync_error" in caller.options
         with debug.phase("compose"):  # warm: no YAML parse, no engine call
-            cached = compose.warm_image(app, p.config_file, prefix, env, state_dir=state,
-                                        ignore_sync_error=ignore)
+            cached = compose.warm_image(app, p.config_file, prefix, env, state_dir=state, ignore_sync_error=ignore)
             if cached is None:
                 from .. import flakeconf
 
@@ -119,16 +118,26 @@ def launch(app: str, args: list[str]) -> int:
         if p.target == "/":
             from ..errors import ConfigError
 
-            raise ConfigError(f"{p.config_file}: key 'container.target_app_path': resume mode needs the "
-                              "program to run in the instance, not '/'")
+            raise ConfigError(
+                f"{p.config_file}: key 'container.target_app_path': resume mode needs the "
+                "program to run in the instance, not '/'"
+            )
         return _resume(p, caller, prefix, env, image, opts, state, tty)
     if p.attach:
         return _attach(p, caller, prefix, env, image, opts, state, tty)
     return _oneshot(p, caller, prefix, env, image, opts, state, tty)
 
 
-def _oneshot(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, str], image: str,
-             opts: list[str], state: str, tty: bool) -> int:
+def _oneshot(
+    p: "Plan",
+    caller: "CallerArgs",
+    prefix: list[str],
+    env: dict[str, str],
+    image: str,
+    opts: list[str],
+    state: str,
+    tty: bool,
+) -> int:
     from . import argv, instance
 
     paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=True))
@@ -139,8 +148,9 @@ def _oneshot(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, 
         if cid:
             from ..errors import ConflictError
 
-            raise ConflictError(f"{paths.cid}: instance {p.app}@{caller.instance} is running (container "
-                                f"{cid[:12]}); use another @NAME")
+            raise ConflictError(
+                f"{paths.cid}: instance {p.app}@{caller.instance} is running (container {cid[:12]}); use another @NAME"
+            )
         instance.clear(paths)  # left by a crash: never blocks a launch
     cmd = argv.run_argv(prefix, image, p.target, opts, caller.app_args, tty, paths.cid, paths.pid)
     debug.timing()
@@ -151,8 +161,16 @@ def _oneshot(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, 
     return code
 
 
-def _resume(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, str], image: str,
-            opts: list[str], state: str, tty: bool) -> int:
+def _resume(
+    p: "Plan",
+    caller: "CallerArgs",
+    prefix: list[str],
+    env: dict[str, str],
+    image: str,
+    opts: list[str],
+    state: str,
+    tty: bool,
+) -> int:
     from .. import statedir
     from . import argv, instance, proc
 
@@ -181,16 +199,16 @@ def _busy(prefix: list[str], env: dict[str, str], cid: str) -> bool:
     """True if apps still run in the instance (it is then kept until they are done)."""
     from .. import runner
 
-    done = runner.run([*prefix, "container", "inspect", "--format", "{{len .ExecIDs}}", cid], env=env,
-                      check=False)
+    done = runner.run([*prefix, "container", "inspect", "--format", "{{len .ExecIDs}}", cid], env=env, check=False)
     busy = done.returncode == 0 and done.stdout.strip() not in (b"", b"0")
     if busy:
         debug.log(f"registration changed, but {cid[:12]} still runs apps: kept for now")
     return busy
 
 
-def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: "Paths",
-                  wanted: str) -> str:
+def _start_resume(
+    prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: "Paths", wanted: str
+) -> str:
     """Restart a stopped instance (its files are kept), or create a fresh one."""
     from .. import runner, statedir
     from ..errors import EngineError
@@ -213,15 +231,24 @@ def _start_resume(prefix: list[str], env: dict[str, str], image: str, opts: list
     if done.returncode != 0 or not cid:
         _remove_failed(prefix, env, cid, label)
         instance.clear(paths)
-        raise EngineError(f"{image}: cannot start the resume instance: {runner.first_line(done.stderr)}",
-                          done.returncode)
+        raise EngineError(
+            f"{image}: cannot start the resume instance: {runner.first_line(done.stderr)}", done.returncode
+        )
     instance.tighten(paths)
     statedir.write_file(paths.spec, wanted)
     return cid
 
 
-def _attach(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, str], image: str,
-            opts: list[str], state: str, tty: bool) -> int:
+def _attach(
+    p: "Plan",
+    caller: "CallerArgs",
+    prefix: list[str],
+    env: dict[str, str],
+    image: str,
+    opts: list[str],
+    state: str,
+    tty: bool,
+) -> int:
     from .. import runner, statedir
     from ..errors import EngineError
     from . import argv, instance, proc
@@ -237,9 +264,20 @@ def _attach(p: "Plan", caller: "CallerArgs", prefix: list[str], env: dict[str, s
                 instance.clear(paths)
                 label = _launch_label()
                 with _progress(caller, f"creating {p.app}"):
-                    done = runner.run(argv.create_argv(prefix, image, p.target, [*opts, "--label", label],
-                                                       caller.app_args, tty, paths.cid, paths.pid),
-                                      env=env, check=False)
+                    done = runner.run(
+                        argv.create_argv(
+                            prefix,
+                            image,
+                            p.target,
+                            [*opts, "--label", label],
+                            caller.app_args,
+                            tty,
+                            paths.cid,
+                            paths.pid,
+                        ),
+                        env=env,
+                        check=False,
+                    )
                 cid = instance.read_cid(paths.cid)
                 if done.returncode != 0 or not cid:
                     _remove_failed(prefix, env, cid, label)

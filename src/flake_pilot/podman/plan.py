@@ -15,8 +15,21 @@ SHAPE = 1  # bump when the fields below change
 class Plan:
     """The launch-relevant part of a flake registration (read-only after construction)."""
 
-    __slots__ = ("app", "config_file", "image", "target", "resume", "attach", "opts", "user_mode",
-                 "user_scope", "ids_dir", "storage_conf", "podman", "compose")
+    __slots__ = (
+        "app",
+        "config_file",
+        "image",
+        "target",
+        "resume",
+        "attach",
+        "opts",
+        "user_mode",
+        "user_scope",
+        "ids_dir",
+        "storage_conf",
+        "podman",
+        "compose",
+    )
 
     def __init__(self, d: dict[str, object]) -> None:
         for key in self.__slots__:
@@ -61,13 +74,23 @@ def build(app: str) -> Plan:
         raise ConfigError(f"{flake.config_file}: {app!r} is a {flake.engine} flake, not a container flake")
     system = settings.load(False)
     cfg = settings.load(True) if (user_scope or flake.user_mode) else system
-    plan = Plan({
-        "app": app, "config_file": flake.config_file, "image": flake.image,
-        "target": flake.target_app_path, "resume": flake.resume, "attach": flake.attach,
-        "opts": tuple(flake.podman_opts or ()), "user_mode": flake.user_mode, "user_scope": user_scope,
-        "ids_dir": cfg.podman_ids_dir, "storage_conf": cfg.podman_storage_conf,
-        "podman": cfg.podman_binary, "compose": needs_compose(flake),
-    })
+    plan = Plan(
+        {
+            "app": app,
+            "config_file": flake.config_file,
+            "image": flake.image,
+            "target": flake.target_app_path,
+            "resume": flake.resume,
+            "attach": flake.attach,
+            "opts": tuple(flake.podman_opts or ()),
+            "user_mode": flake.user_mode,
+            "user_scope": user_scope,
+            "ids_dir": cfg.podman_ids_dir,
+            "storage_conf": cfg.podman_storage_conf,
+            "podman": cfg.podman_binary,
+            "compose": needs_compose(flake),
+        }
+    )
     return plan
 
 

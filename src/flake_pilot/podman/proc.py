@@ -73,8 +73,9 @@ def in_background() -> bool:
         return False
 
 
-def supervise(argv: "Sequence[str]", env: "Mapping[str, str]", find: "Callable[[], list[int]]",
-              stdin_null: bool | None = None) -> int:
+def supervise(
+    argv: "Sequence[str]", env: "Mapping[str, str]", find: "Callable[[], list[int]]", stdin_null: bool | None = None
+) -> int:
     """Run argv in a new session, forward signals to find()'s processes, return the exit code.
 
     Handlers are installed before the engine starts, so no signal is lost in between. When our
@@ -105,7 +106,7 @@ def supervise(argv: "Sequence[str]", env: "Mapping[str, str]", find: "Callable[[
             pending.append(signum)
             return
         if signum == signal.SIGWINCH:  # to the engine's whole group: rootless podman re-execs
-            try:                         # itself into the user namespace as a child process
+            try:  # itself into the user namespace as a child process
                 fastos.killpg(child[0], signum)
             except OSError:
                 pass

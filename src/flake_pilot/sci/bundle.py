@@ -23,7 +23,8 @@ SHEBANG = b"#!/usr/bin/python3 -IS\n"  # isolated, no site: 0.3 s less start-up 
 _PKG = Path(__file__).resolve().parent.parent  # src/flake_pilot
 # guest modules: all of sci but this builder, plus what it imports from the package
 MODULES = ["__init__.py", "errors.py", "protocol.py"] + sorted(
-    f"sci/{p.name}" for p in (_PKG / "sci").glob("*.py") if p.name not in ("bundle.py", "__main__.py"))
+    f"sci/{p.name}" for p in (_PKG / "sci").glob("*.py") if p.name not in ("bundle.py", "__main__.py")
+)
 MAIN = b"import sys\nfrom flake_pilot.sci.main import main\nsys.exit(main())\n"
 _DATE = (2020, 1, 1, 0, 0, 0)
 
@@ -31,14 +32,16 @@ _DATE = (2020, 1, 1, 0, 0, 0)
 def _pyc(source: Path) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "m.pyc")
-        py_compile.compile(str(source), cfile=out, doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        py_compile.compile(
+            str(source), cfile=out, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+        )
         return Path(out).read_bytes()
 
 
 def build_bytes() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+
         def add(name: str, data: bytes) -> None:
             info = zipfile.ZipInfo(name, _DATE)
             info.external_attr = 0o644 << 16
@@ -68,6 +71,7 @@ def build_zipapp(dest_path: str | os.PathLike[str]) -> Path:
 
 def main() -> int:
     import sys
+
     if len(sys.argv) != 2:
         sys.stderr.write("usage: python3 -m flake_pilot.sci.bundle DEST\n")
         return 2

@@ -46,13 +46,13 @@ def parse_kernel_cmdline(text: str) -> dict[str, str]:
                 in_quote = not in_quote
             i += 1
         end = i
-        value_quoted = equals >= 0 and text[equals + 1:equals + 2] == '"'
+        value_quoted = equals >= 0 and text[equals + 1 : equals + 2] == '"'
         if end > start and text[end - 1] == '"' and (quoted or value_quoted):
             end -= 1
         if equals < 0:
             key, value = text[start:end], ""
         else:
-            key, value = text[start:equals], text[equals + 1:end]
+            key, value = text[start:equals], text[equals + 1 : end]
             if value.startswith('"'):
                 value = value[1:]
         if key == "--":
@@ -83,7 +83,7 @@ def split_words(text: str) -> list[str]:
             end = text.find("'", i + 1)
             if end < 0:
                 raise ValueError("unterminated single quote")
-            cur.append(text[i + 1:end])
+            cur.append(text[i + 1 : end])
             i, started = end, True
         elif ch == '"':
             i += 1

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: sci [--version]  (init; settings from the kernel command line)\n")
         return 2
     from . import system
+
     state = _State()
     rc = 1
     try:
@@ -49,6 +50,7 @@ class _State:
 def _init(pid1: bool, state: _State) -> None:
     from . import cmdline, system
     from .cmdline import BASE_PATH
+
     os.environ["PATH"] = BASE_PATH  # the kernel gives init no PATH
     if pid1 and not system.ismount("/proc"):
         system.mount("proc", "proc", "/proc")
@@ -65,6 +67,7 @@ def _init(pid1: bool, state: _State) -> None:
     waiter: Reaper | ThreadWaiter = Reaper() if pid1 else ThreadWaiter()
     if settings.session_mode:
         from . import session, transport
+
         env, winsize = settings.base_env(), (settings.rows, settings.cols)
 
         def serve(rfd: int, wfd: int, resync: bool) -> str:
@@ -82,6 +85,7 @@ def _serial(settings: Settings, waiter: Reaper | ThreadWaiter) -> None:
     """Compatibility: ``run=CMD`` runs on the console; its exit status is logged, not returned."""
     from . import system
     from .spawn import spawn
+
     argv = settings.command()
     # a fresh /dev/console: the inherited fds may point at the initrd's (deleted) node, whose
     # name programs cannot find (tty(1): "not a tty")

@@ -44,8 +44,9 @@ class Child:
             os.set_inheritable(master, False)
             set_winsize(master, req.rows or winsize[0], req.cols or winsize[1])
             try:
-                self.pid = spawn(req.argv, env, cwd=req.cwd, stdin=slave, stdout=slave, stderr=slave,
-                                 controlling_tty=True)
+                self.pid = spawn(
+                    req.argv, env, cwd=req.cwd, stdin=slave, stdout=slave, stderr=slave, controlling_tty=True
+                )
             except BaseException:
                 os.close(master)
                 raise
@@ -55,8 +56,7 @@ class Child:
         else:
             pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
             try:
-                self.pid = spawn(req.argv, env, cwd=req.cwd, stdin=pipes[0][0], stdout=pipes[1][1],
-                                 stderr=pipes[2][1])
+                self.pid = spawn(req.argv, env, cwd=req.cwd, stdin=pipes[0][0], stdout=pipes[1][1], stderr=pipes[2][1])
             except BaseException:
                 for r, w in pipes:
                     os.close(r)
@@ -93,11 +93,18 @@ def _spawn_error(req: p.Request, exc: OSError) -> tuple[bytes, int]:
     return f"sci: {req.argv[0]}: {exc.strerror}\n".encode(), code
 
 
-HELLO_START = p.hello()[:5 + len(p.MAGIC)]  # header + magic, whatever the version
+HELLO_START = p.hello()[: 5 + len(p.MAGIC)]  # header + magic, whatever the version
 
 
-def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
-          winsize: tuple[int, int] = (24, 80), handshake_timeout: float = 30.0, resync: bool = False) -> str:
+def serve(
+    rfd: int,
+    wfd: int,
+    waiter: Waiter,
+    base_env: dict[str, str],
+    winsize: tuple[int, int] = (24, 80),
+    handshake_timeout: float = 30.0,
+    resync: bool = False,
+) -> str:
     """Serve one session on (rfd, wfd); returns what happened, for the debug log. Never raises for
     peer errors: a malformed or refused session gets an ERROR frame and ends. The guest answers
     the host's hello. *resync* (virtio-serial, a stream without connection boundaries): bytes
@@ -118,8 +125,11 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
     deadline = time.monotonic() + handshake_timeout
     try:
         while True:
-            if child is not None and status is not None and (
-                    (child.stdout is None and child.stderr is None) or time.monotonic() >= deadline):
+            if (
+                child is not None
+                and status is not None
+                and ((child.stdout is None and child.stderr is None) or time.monotonic() >= deadline)
+            ):
                 out += p.encode_exit(status)
                 p.write_all(wfd, bytes(out), time.monotonic() + FLUSH_TIMEOUT)
                 return f"pid {child.pid} exit status {p.exit_status(status)}"
@@ -158,7 +168,7 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
             for fd, ev in events:
                 if fd == wfd and ev & select.POLLOUT and out:
                     try:
-                        del out[:os.write(wfd, out)]
+                        del out[: os.write(wfd, out)]
                     except BlockingIOError:
                         pass
                 if child is not None and fd == child.stdin and ev & (select.POLLOUT | select.POLLERR):
@@ -190,7 +200,7 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
                         skipped += data
                         at = skipped.find(HELLO_START)
                         if at < 0:
-                            del skipped[:-len(HELLO_START)]
+                            del skipped[: -len(HELLO_START)]
                             continue
                         data = bytes(skipped[at:])
                         skipped.clear()
@@ -229,8 +239,7 @@ def serve(rfd: int, wfd: int, waiter: Waiter, base_env: dict[str, str],
                             raise p.ProtocolError(f"host ended the session: {reason}")
                         else:
                             raise p.ProtocolError(f"malformed session: unexpected frame 0x{ftype:02x}")
-            if (child is not None and stdin_eof and not stdin_done and not stdin_buf
-                    and child.stdin is not None):
+            if child is not None and stdin_eof and not stdin_done and not stdin_buf and child.stdin is not None:
                 stdin_done = True
                 if child.tty:
                     if status is None:
@@ -263,13 +272,14 @@ def _adder(want: dict[int, int]) -> Callable[[int | None, int], None]:
     def add(fd: int | None, mask: int) -> None:
         if fd is not None:
             want[fd] = want.get(fd, 0) | mask
+
     return add
 
 
 def _feed_stdin(child: Child, buf: bytearray) -> None:
     assert child.stdin is not None
     try:
-        del buf[:os.write(child.stdin, buf)]
+        del buf[: os.write(child.stdin, buf)]
     except BlockingIOError:
         pass
     except OSError as exc:  # EPIPE: the program closed its stdin; what is left is dropped

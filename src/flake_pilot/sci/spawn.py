@@ -19,8 +19,17 @@ def find_program(name: str, path: str) -> str:
     raise FileNotFoundError(2, "No such file or directory", name)
 
 
-def spawn(argv: list[str], env: dict[str, str], *, cwd: str = "/", stdin: int = -1, stdout: int = -1,
-          stderr: int = -1, new_session: bool = True, controlling_tty: bool = False) -> int:
+def spawn(
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    cwd: str = "/",
+    stdin: int = -1,
+    stdout: int = -1,
+    stderr: int = -1,
+    new_session: bool = True,
+    controlling_tty: bool = False,
+) -> int:
     """Start *argv* (PATH from *env*) with the given fds as 0/1/2 (-1: inherit); returns the pid.
     OSError (with filename = program or cwd) when it cannot start; the child is then reaped."""
     program = find_program(argv[0], env.get("PATH", "/usr/bin:/bin"))

@@ -41,8 +41,7 @@ def run(argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
     """Run a tool; SciError with its stderr on failure."""
     log("+ " + " ".join(argv))
     try:
-        code, output = spawn.run(argv, {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
-                                 pass_fds)
+        code, output = spawn.run(argv, {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}, pass_fds)
     except OSError as exc:
         raise SciError(f"{argv[0]}: {exc.strerror}") from exc
     if code != 0:
@@ -78,8 +77,9 @@ def mount_all(entries: list[Mount]) -> None:
     in a memfd, ``mount -a -T /proc/self/fd/N``; missing mount points are created."""
     if not entries:
         return
-    text = "".join(f"{src} {target} {fstype} {opts or 'defaults'},X-mount.mkdir 0 0\n"
-                   for fstype, src, target, opts in entries)
+    text = "".join(
+        f"{src} {target} {fstype} {opts or 'defaults'},X-mount.mkdir 0 0\n" for fstype, src, target, opts in entries
+    )
     fd = os.memfd_create("sci-fstab")
     try:
         os.write(fd, text.encode())
@@ -126,8 +126,7 @@ def setup_overlay(dev: str) -> int:
         os.makedirs(f"{base}/{sub}", mode=0o755, exist_ok=True)
     base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     new = f"{base}/rootfs"
-    overlay: Mount = ("overlay", "overlay", new,
-                      f"lowerdir=/,upperdir={base}/rootfs_upper,workdir={base}/rootfs_work")
+    overlay: Mount = ("overlay", "overlay", new, f"lowerdir=/,upperdir={base}/rootfs_upper,workdir={base}/rootfs_work")
     mount_all([overlay] + [(t, s, new + d, o) for t, s, d, o in BASIC])
     os.chroot(new)  # what switch_root does in the end; no exec of pivot_root needed
     os.chdir("/")
@@ -137,6 +136,7 @@ def setup_overlay(dev: str) -> int:
 def set_console_size(fd: int, rows: int, cols: int) -> None:
     import fcntl
     import struct
+
     if os.isatty(fd):
         fcntl.ioctl(fd, 0x5414, struct.pack("HHHH", rows, cols, 0, 0))  # TIOCSWINSZ
 

@@ -38,11 +38,11 @@ lint: venv
 
 # man pages and completion scripts, generated from the parser and docstrings (into build/)
 man: venv
-	$(PY) -m flake_pilot.manpages build/man
+	$(PY) -m flake_pilot.ctl.manpages build/man
 
 completion: venv
 	mkdir -p build/completion
-	for sh in bash zsh fish; do $(PY) -m flake_pilot.completion $$sh build/completion/flake-ctl.$$sh || exit 1; done
+	for sh in bash zsh fish; do $(PY) -m flake_pilot.ctl.completion $$sh build/completion/flake-ctl.$$sh || exit 1; done
 
 # the Debian package (built in a copy of the tree; the .deb lands in build/deb/)
 deb:

@@ -81,13 +81,13 @@ conf storage.conf "$DESTDIR$SYSCONFDIR/flakes/storage.conf" 1
 conf container-flake.yaml "$DESTDIR$SYSCONFDIR/flakes/container-flake.yaml" 0
 conf firecracker-flake.yaml "$DESTDIR$SYSCONFDIR/flakes/firecracker-flake.yaml" 0
 
-# man pages and shell completion, generated from the installed package (flake_pilot.manpages/.completion)
-"$PYTHON" -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from flake_pilot import manpages; manpages.write(sys.argv[2])' "$WORK/lib" "$WORK/man" >/dev/null
+# man pages and shell completion, generated from the installed package (flake_pilot.ctl.manpages/.completion)
+"$PYTHON" -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from flake_pilot.ctl import manpages; manpages.write(sys.argv[2])' "$WORK/lib" "$WORK/man" >/dev/null
 for page in "$WORK"/man/*.[58]; do
   install -D -m 644 "$page" "$DESTDIR$PREFIX/share/man/man${page##*.}/$(basename "$page")"
 done
 for sh in bash zsh fish; do
-  "$PYTHON" -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from flake_pilot import completion; sys.exit(completion.main(sys.argv[2:]))' "$WORK/lib" "$sh" "$WORK/completion.$sh"
+  "$PYTHON" -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from flake_pilot.ctl import completion; sys.exit(completion.main(sys.argv[2:]))' "$WORK/lib" "$sh" "$WORK/completion.$sh"
 done
 install -D -m 644 "$WORK/completion.bash" "$DESTDIR$PREFIX/share/bash-completion/completions/flake-ctl"
 install -D -m 644 "$WORK/completion.zsh" "$DESTDIR$PREFIX/share/zsh/vendor-completions/_flake-ctl"

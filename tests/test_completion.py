@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BB_IMAGE, BIN, Prefix
-from flake_pilot import completion
+from flake_pilot.ctl import completion
 from flake_pilot.ctl.main import build_parser
 
 
@@ -53,7 +53,7 @@ def scripts(tmp_path: Path) -> dict[str, Path]:
     for shell in ("bash", "zsh", "fish"):
         path = tmp_path / f"flake-ctl.{shell}"
         # the module's command line, as debian/rules and `make completion` call it
-        subprocess.run([str(BIN / "python"), "-m", "flake_pilot.completion", shell, str(path)], check=True)
+        subprocess.run([str(BIN / "python"), "-m", "flake_pilot.ctl.completion", shell, str(path)], check=True)
         out[shell] = path
     return out
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from conftest import Prefix
-from flake_pilot import completion
+from flake_pilot.ctl import completion
 from flake_pilot.ctl.main import build_parser
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "flake-ctl.md"

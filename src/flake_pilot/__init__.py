@@ -21,6 +21,7 @@ import sys as _sys
 _WARM_PODMAN = (
     "fastos",
     "debug",
+    "callargs",
     "runner",
     "statedir",
     "launchcache",
@@ -34,6 +35,7 @@ _WARM_PODMAN = (
 _WARM_FIRECRACKER = (
     "fastos",
     "debug",
+    "callargs",
     "names",
     "statedir",
     "launchcache",

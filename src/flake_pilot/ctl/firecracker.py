@@ -122,7 +122,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "show",
         help="show VM flake instances",
         description="List instances (<ids>/<uid>/<app>[@NAME].vmid) with their status: "
-        "running only if the PID is a live firecracker process; '0' = created, "
+        "running only if the PID is a live firecracker process of that user started for this "
+        "instance (its --id); '0' = created, "
         "never started.",
     )
     add_format_flag(p)
@@ -377,38 +378,12 @@ def cmd_remove(args: argparse.Namespace) -> int:
 # -- show / images ------------------------------------------------------------------------------
 
 
-def vm_status(vmid: str, fc_id: str | None = None) -> str:
-    """running only for a live firecracker process (a reused PID is not a VM); '0' = never started.
-
-    When the process carries an ``--id`` (firecracker-pilot passes one per instance) it must be
-    *fc_id*, so another VM that reused the PID is not taken for this instance either.
-    """
-    if not vmid.isdigit():
-        return "unknown"
-    pid = int(vmid)
-    if pid == 0:
-        return "stopped"
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
-            if handle.read().strip() != "firecracker":
-                return "stopped"
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            argv = handle.read().split(b"\0")
-    except OSError:
-        return "stopped"
-    if fc_id is not None and b"--id" in argv:
-        given = argv.index(b"--id") + 1
-        if given >= len(argv) or argv[given].decode(errors="replace") != fc_id:
-            return "stopped"
-    return "running"
-
-
 def _instances(ids_dir: str, flakes_dir: str) -> list[dict[str, Any]]:
     import pwd
 
     from .. import flakeconf, statedir
     from ..errors import FlakeError
-    from ..firecracker.instances import InstancePaths
+    from ..firecracker.instances import InstancePaths, is_vm
     from .common import user_name
 
     records: list[dict[str, Any]] = []
@@ -447,12 +422,15 @@ def _instances(ids_dir: str, flakes_dir: str) -> list[dict[str, Any]]:
                     pass
             ident = vmid[0] if vmid else ""
             fc_id = InstancePaths(directory, meta).fc_id
+            status = "unknown"  # '0' = created, never started: stopped
+            if ident.isdigit():
+                status = "running" if is_vm(int(ident), fc_id, int(uid)) else "stopped"
             records.append(
                 {
                     "name": meta,
                     "user": user_name(int(uid)),
                     "id": ident,
-                    "status": vm_status(ident, fc_id),
+                    "status": status,
                     "image": image,
                     "config": shown,
                 }

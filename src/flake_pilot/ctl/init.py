@@ -8,6 +8,19 @@ import sys
 
 from .. import settings, yamlio
 from ..errors import UsageError
+from .common import add_user_flag
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    p = subparsers.add_parser(
+        "init",
+        help="create the user configuration",
+        description="Write ~/.config/flakes.yml and ~/.config/flakes/podman/storage.conf "
+        "(user mode only; existing files are kept unless --force).",
+    )
+    add_user_flag(p)
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=cmd_init)
 
 
 def storage_conf_text(graphroot: str) -> str:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, FlakeError
-from .common import load_settings
+from .common import add_format_flag, add_user_flag, load_settings
 from .output import Column, emit
 
 COLUMNS = (
@@ -18,6 +18,17 @@ COLUMNS = (
     Column("host_app_path", "HOST APP PATH"),
     Column("config", "CONFIG"),
 )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    p = subparsers.add_parser(
+        "list",
+        help="list registered flakes",
+        description="List the registered flakes of one scope (system, or --user).",
+    )
+    add_user_flag(p)
+    add_format_flag(p)
+    p.set_defaults(func=cmd_list)
 
 
 def registrations(flakes_dir: str) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from .. import flakeconf, names, registration, statedir
 from ..errors import ConflictError, EngineError, FlakeError, NotFoundError, SecurityError, UsageError
 from ..runner import first_line, run
 from ..settings import Settings
-from .common import load_settings, podman_engine, require_abs, user_name
+from .common import add_format_flag, add_user_flag, load_settings, podman_engine, require_abs, user_name
 from .output import Column, emit
 
 LAUNCHER = "podman-pilot"
@@ -29,6 +29,121 @@ def _image_arg(value: str, option: str) -> str:
 def _last_line(data: bytes) -> str:
     lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
     return lines[-1].strip() if lines else ""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    """Add the `podman` command tree. Each leaf sets `func(args) -> int`."""
+    podman = sub.add_parser(
+        "podman",
+        help="manage container flakes (podman)",
+        description="Manage container flakes. --user may be given before or after the subcommand.",
+    )
+    add_user_flag(podman)
+    psub = podman.add_subparsers(title="subcommands", metavar="COMMAND")
+
+    p = psub.add_parser(
+        "pull",
+        help="pull a container image from a registry",
+        description="Pull an image into the flake storage (podman pull, no retry).",
+    )
+    p.add_argument("--uri", required=True, help="image reference, e.g. registry.example.com/tools/aws-cli:latest")
+    add_user_flag(p, inherited=True)
+    p.set_defaults(func=cmd_pull)
+
+    p = psub.add_parser(
+        "load",
+        help="load a container image from an archive",
+        description="Load an OCI/docker archive into the flake storage. If OCI does not exist, "
+        "the last (highest) match of OCI* is used.",
+    )
+    p.add_argument("--oci", required=True, metavar="OCI", help="archive file (podman save output)")
+    add_user_flag(p, inherited=True)
+    p.set_defaults(func=cmd_load)
+
+    p = psub.add_parser(
+        "register",
+        help="register a container flake",
+        description="Register --app as a flake running --target inside --container. Values starting with "
+        "'-' must be escaped with a backslash: --opt '\\--net host' (one leading '\\' is stripped).",
+    )
+    p.add_argument("--container", required=True, help="image name (as in the flake storage)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--app", help="absolute path of the command on the host, e.g. /usr/bin/aws")
+    what.add_argument(
+        "--info", action="store_true", help="print the image's <name>.yaml info file instead of registering"
+    )
+    p.add_argument("--target", help="program path inside the container (default: --app; '/' = image entrypoint)")
+    p.add_argument("--base", help="base container for a delta container")
+    p.add_argument(
+        "--check-host-dependencies", action="store_true", help="provision host dependencies into the instance"
+    )
+    p.add_argument(
+        "--layer",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="LAYER",
+        help="additional image layered on top of --base (repeatable)",
+    )
+    p.add_argument(
+        "--include-tar",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="TAR",
+        help="tar archive unpacked into the instance (repeatable)",
+    )
+    p.add_argument(
+        "--include-path",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="host file or directory copied into the instance (repeatable)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="keep one instance running; each call runs podman exec")
+    mode.add_argument("--attach", action="store_true", help="keep the instance; each call attaches/starts it")
+    p.add_argument(
+        "--opt",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="OPT",
+        help="podman run option, e.g. '\\--net host' (repeatable; %%VAR expanded at launch)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing registration or file at --app")
+    add_user_flag(p, inherited=True)
+    p.set_defaults(func=cmd_register)
+
+    p = psub.add_parser(
+        "remove",
+        help="remove a flake or a container and its flakes",
+        description="Remove one registration (--app) or an image and every flake using it (--container).",
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--app", help="absolute path of the registered command")
+    target.add_argument("--container", help="image name: removes its registrations and the image")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even if the symlink or config is missing/modified (never deletes a non-symlink)",
+    )
+    add_user_flag(p, inherited=True)
+    p.set_defaults(func=cmd_remove)
+
+    p = psub.add_parser(
+        "show",
+        help="show container flake instances",
+        description="List instances (container-ID files) with their status.",
+    )
+    add_format_flag(p)
+    add_user_flag(p, inherited=True)
+    p.set_defaults(func=cmd_show)
+
+    from . import podman_cache
+
+    podman_cache.add_parser(psub)
 
 
 # -- pull / load ---------------------------------------------------------------------------------

@@ -88,8 +88,10 @@ def read_pid(paths: InstancePaths) -> int | None:
     return pid if pid > 0 else 0
 
 
-def is_vm(pid: int, fc_id: str) -> bool:
-    """True iff *pid* is a firecracker process of the caller started for instance *fc_id*."""
+def is_vm(pid: int, fc_id: str, uid: "int | None" = None) -> bool:
+    """The one rule for "this instance's VM runs": *pid* is a live firecracker process of *uid*
+    (default: the caller) whose command line carries ``--id`` *fc_id* (a reused PID, another user's
+    process or another instance's VM is not it). firecracker-pilot and flake-ctl both use it."""
     if pid <= 0:
         return False
     proc = f"/proc/{pid}"
@@ -97,12 +99,14 @@ def is_vm(pid: int, fc_id: str) -> bool:
         with open(f"{proc}/comm", "rb") as handle:
             if handle.read().strip() != b"firecracker":
                 return False
-        if fastos.stat(proc).st_uid != fastos.getuid():
+        if fastos.stat(proc).st_uid != (fastos.getuid() if uid is None else uid):
             return False
         with open(f"{proc}/cmdline", "rb") as handle:
-            return fc_id.encode() in handle.read().split(b"\0")
+            argv = handle.read().split(b"\0")
     except OSError:
         return False
+    given = argv.index(b"--id") + 1 if b"--id" in argv else 0
+    return 0 < given < len(argv) and argv[given] == fc_id.encode()
 
 
 def running_pid(paths: InstancePaths) -> int | None:

@@ -2,8 +2,8 @@
 
 ``/usr/bin/<app>`` is a symlink to this launcher; the app name is ``basename(argv[0])``.
 Caller arguments: ``@NAME`` (instance names, all joined: ``app@a@b``), ``%port:N`` (guest vsock
-port of sci), ``%progress`` (spinner while the guest boots); other ``%x`` are ignored; the rest
-goes to the program verbatim.
+port of sci), ``%progress`` (spinner while the guest boots); other ``%x`` are ignored; ``@@x`` and
+``%%x`` pass a literal ``@x`` / ``%x``; the rest goes to the program verbatim.
 
 Modes (from the registration):
   one-shot, serial console   firecracker runs in the foreground, the console is the program's
@@ -75,32 +75,25 @@ class Interrupted(Exception):
 
 
 def parse_args(app: str, argv: list[str]) -> CallArgs:
+    """Caller arguments (``flake_pilot.callargs``) with firecracker-pilot's option set."""
+    from ..callargs import FIRECRACKER_OPTIONS, split
     from ..names import instance_name
 
-    names: list[str] = []
-    args: list[str] = []
-    port, progress = DEFAULT_PORT, False
-    for arg in argv:
-        if arg.startswith("@"):
-            names.append(instance_name(arg[1:]))
-        elif arg.startswith("%"):
-            key, _, value = arg[1:].rpartition(":") if ":" in arg else (arg[1:], "", "")
-            if key == "port":
-                if not value.isdigit() or not 0 < int(value) < 2**32:
-                    from ..errors import UsageError
+    caller = split(argv, FIRECRACKER_OPTIONS, instance_name, strict=False)
+    port = DEFAULT_PORT
+    if "port" in caller.options:
+        value = caller.options["port"]
+        if not value.isdigit() or not 0 < int(value) < 2**32:
+            from ..errors import UsageError
 
-                    raise UsageError(f"%port:{value}: expected a vsock port number")
-                port = int(value)
-            elif key == "progress":
-                progress = True
-        else:
-            args.append(arg)
-    meta = "@".join([app, *names])
+            raise UsageError(f"%port:{value}: expected a vsock port number")
+        port = int(value)
+    meta = "@".join([app, *caller.instances])
     if len(meta) > 255 - len("sci_cmd_.sock_4294967295"):
         from ..errors import UsageError
 
         raise UsageError(f"instance name {meta!r} is too long")
-    return CallArgs(meta, args, port, progress)
+    return CallArgs(meta, caller.app_args, port, "progress" in caller.options)
 
 
 def _raise_interrupted(signo: int, _frame: object) -> None:

@@ -1,16 +1,17 @@
 """Pure argv building for podman-pilot (no I/O except the volume-path check).
 
-Caller arguments: ``@NAME`` picks an instance, ``%option`` sets a launcher option, ``@@x`` and
-``%%x`` pass a literal ``@x`` / ``%x`` to the app; everything else goes to the app in order.
+Caller arguments (``@NAME``, ``%option``, ``@@x``/``%%x``) are parsed by ``flake_pilot.callargs``
+with podman-pilot's option set.
 """
 
 from .. import fastos
+from ..callargs import PODMAN_OPTIONS as OPTIONS
+from ..callargs import CallerArgs, split
 
 TYPE_CHECKING = False  # typing is not imported at launch; mypy treats this name as True
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-OPTIONS = ("interactive", "remove", "progress", "ignore_missing_volume_path", "ignore_sync_error")
 MAX_EXPANSIONS = 64  # %VAR substitutions per runtime.podman entry
 MAX_EXPANDED = 65536  # characters of one expanded entry
 # chosen by the launcher from the caller's terminal, never taken from the registration
@@ -18,40 +19,11 @@ TTY_FLAGS = frozenset({"-t", "-i", "-it", "-ti", "--tty", "--interactive", "--tt
 KEEPALIVE = ("/run/podman-init", "-P")  # catatonit (mounted by --init) in pause mode
 
 
-class CallerArgs:
-    __slots__ = ("instance", "options", "app_args")
-
-    def __init__(self, instance: str | None, options: dict[str, str], app_args: list[str]) -> None:
-        self.instance, self.options, self.app_args = instance, options, app_args
-
-
 def split_caller_args(args: "Sequence[str]", validate: "Callable[[str], str] | None" = None) -> CallerArgs:
-    """Sort caller args into instance name, launcher options and app args.
-
-    Every ``@NAME`` is validated (first one wins, as in the original); an unknown ``%x`` is an
-    error (the original silently swallowed it). ValueError carries the message.
-    """
-    instance: str | None = None
-    options: dict[str, str] = {}
-    app_args: list[str] = []
-    for arg in args:
-        if arg.startswith(("@@", "%%")):
-            app_args.append(arg[1:])
-        elif arg.startswith("@"):
-            name = validate(arg[1:]) if validate else arg[1:]
-            if instance is None:
-                instance = name
-        elif arg.startswith("%"):
-            key, sep, value = arg[1:].rpartition(":")
-            if not sep:
-                key, value = arg[1:], ""
-            if key not in OPTIONS:
-                known = " ".join("%" + o for o in OPTIONS)
-                raise ValueError(f"unknown launcher option {arg!r} (known: {known}; %%x passes a literal %x)")
-            options[key] = value
-        else:
-            app_args.append(arg)
-    return CallerArgs(instance, options, app_args)
+    """Sort caller args with podman-pilot's option set (``callargs.split``): every ``@NAME`` is
+    validated, the first one wins (as in the original); an unknown ``%x`` is an error (the original
+    silently swallowed it). ValueError carries the message."""
+    return split(args, OPTIONS, validate)
 
 
 def _is_var_start(ch: str) -> bool:

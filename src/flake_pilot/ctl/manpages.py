@@ -9,7 +9,7 @@
   -> FILES); indented lines are shown verbatim.
 * ``flakes.yml(5)``: from the docstrings of ``settings`` and ``flakeconf`` and the key tables.
 
-    python -m flake_pilot.manpages OUTDIR     # writes *.8 and flakes.yml.5
+    python -m flake_pilot.ctl.manpages OUTDIR     # writes *.8 and flakes.yml.5
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 import re
 import sys
 
-from . import __version__
+from .. import __version__
 
 SECTION_TITLE = {"8": "System Administration", "5": "File Formats"}
 LAUNCHERS = {
@@ -136,7 +136,7 @@ def page_name(prog: str) -> str:
 
 
 def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool) -> str:
-    from .errors import EXIT_CODES
+    from ..errors import EXIT_CODES
 
     name = page_name(parser.prog)
     parts = [
@@ -243,7 +243,7 @@ def launcher_doc(prog: str) -> str:
 
 
 def launcher_page(prog: str) -> str:
-    from .errors import LAUNCHER_EXIT
+    from ..errors import LAUNCHER_EXIT
 
     extra = ""
     if prog != "sci":
@@ -259,7 +259,7 @@ def launcher_page(prog: str) -> str:
 
 
 def flakes_yml_page() -> str:
-    from . import flakeconf, settings
+    from .. import flakeconf, settings
 
     keys = "".join(f".TP\n\\fB{esc(k)}\\fR\nDefault: \\fI{esc(v)}\\fR\n" for k, v in settings.DEFAULTS.items())
     keys += ".TP\n\\fBpodman_binary\\fR, \\fBfirecracker_binary\\fR\nEngine programs (default: found in PATH).\n"
@@ -293,7 +293,7 @@ def _templates() -> str:
 
 def all_pages(parser: argparse.ArgumentParser | None = None) -> dict[str, str]:
     if parser is None:
-        from .ctl.main import build_parser
+        from .main import build_parser
 
         parser = build_parser()
     pages = ctl_pages(parser)
@@ -317,7 +317,7 @@ def write(outdir: str, parser: argparse.ArgumentParser | None = None) -> list[st
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m flake_pilot.manpages OUTDIR\n")
+        sys.stderr.write("usage: python -m flake_pilot.ctl.manpages OUTDIR\n")
         return 2
     for path in write(args[0]):
         print(path)

@@ -81,8 +81,8 @@ conf storage.conf "$DESTDIR$SYSCONFDIR/flakes/storage.conf" 1
 conf container-flake.yaml "$DESTDIR$SYSCONFDIR/flakes/container-flake.yaml" 0
 conf firecracker-flake.yaml "$DESTDIR$SYSCONFDIR/flakes/firecracker-flake.yaml" 0
 
-# man pages and shell completion, generated from the installed package (flake_pilot.ctl.manpages/.completion)
-"$PYTHON" -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from flake_pilot.ctl import manpages; manpages.write(sys.argv[2])' "$WORK/lib" "$WORK/man" >/dev/null
+# man pages (flake_pilot.ctl.manpages: the installed package and the reference in docs/) and shell completion
+"$PYTHON" -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from flake_pilot.ctl import manpages; manpages.write(sys.argv[2], docs_dir=sys.argv[3])' "$WORK/lib" "$WORK/man" "$SRC/docs" >/dev/null
 for page in "$WORK"/man/*.[58]; do
   install -D -m 644 "$page" "$DESTDIR$PREFIX/share/man/man${page##*.}/$(basename "$page")"
 done

@@ -1,50 +1,69 @@
-"""Man pages generated from the sources that also feed ``--help``.
+"""Man pages: the options from the parser that prints ``--help``, the rest from ``docs/``.
 
-* ``flake-ctl(8)`` and one page per subcommand (``flake-ctl-podman-register(8)``, ...): from the
-  argparse parser of ``flake_pilot.ctl.main.build_parser()`` (prog, description, usage, every
-  option with its help text, choices and sub-commands, the exit codes of ``errors.EXIT_CODES``).
-* ``podman-pilot(8)``, ``firecracker-pilot(8)``, ``sci(8)``: from the module docstring of each
-  program's entry module (read with ``ast``, nothing is imported or run). Docstring layout: first
-  line = summary; paragraphs = DESCRIPTION; a line ``Title:`` alone starts a section (``Files:``
-  -> FILES); indented lines are shown verbatim.
-* ``flakes.yml(5)``: from the docstrings of ``settings`` and ``flakeconf`` and the key tables.
+* ``flake-ctl(8)`` and one page per subcommand (``flake-ctl-podman-register(8)``, ...): NAME,
+  SYNOPSIS, DESCRIPTION, OPTIONS and COMMANDS from the argparse parser of
+  ``flake_pilot.ctl.main.build_parser()``, EXIT STATUS from ``errors.EXIT_CODES``, and the
+  sections of ``CTL_SECTIONS`` (FILES, output fields, ...) from the docs pages.
+* ``podman-pilot(8)``, ``firecracker-pilot(8)``, ``sci(8)`` and ``flakes.yml(5)``: the whole
+  docs page of ``DOC_PAGES`` (``# name — summary`` gives NAME, each ``##`` a section).
 
-    python -m flake_pilot.ctl.manpages OUTDIR     # writes *.8 and flakes.yml.5
+A docs page or section named here that is missing is an error (``mdroff.DocsError``), so the
+man pages never lose a section silently.
+
+    python -m flake_pilot.ctl.manpages OUTDIR [DOCSDIR]     # writes *.8 and flakes.yml.5
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import os
 import re
 import sys
 
 from .. import __version__
+from . import mdroff
+from .mdroff import esc
 
 SECTION_TITLE = {"8": "System Administration", "5": "File Formats"}
-LAUNCHERS = {
-    "podman-pilot": ("flake_pilot.podman.pilot", "flake_pilot.podman"),
-    "firecracker-pilot": ("flake_pilot.firecracker.pilot", "flake_pilot.firecracker"),
-    "sci": ("flake_pilot.sci.main", "flake_pilot.sci.init", "flake_pilot.sci"),
+# man page -> (docs page, man section)
+DOC_PAGES = {
+    "podman-pilot": ("podman-pilot.md", "8"),
+    "firecracker-pilot": ("firecracker-pilot.md", "8"),
+    "sci": ("sci.md", "8"),
+    "flakes.yml": ("configuration.md", "5"),
 }
-# used only while a launcher module has no docstring yet
-FALLBACK = {
-    "podman-pilot": "launch a container flake\n\nCalled through a symlink /usr/bin/APP -> podman-pilot; "
-    "runs APP "
-    "in its container as registered by flake-ctl podman register.",
-    "firecracker-pilot": "launch a Firecracker VM flake\n\nCalled through a symlink /usr/bin/APP -> "
-    "firecracker-pilot; runs APP in its microVM as registered by flake-ctl firecracker register.",
-    "sci": "init (PID 1) inside a flake microVM\n\nMounts the overlay root, starts the command given on the "
-    "kernel command line or served over vsock, and powers the VM off when it ends.",
+LAUNCHERS = ("podman-pilot", "firecracker-pilot", "sci")
+# flake-ctl page -> [(man section, docs page, docs heading)]; sections of one name are joined
+_FILES = ("FILES", "configuration.md", "Files")
+_OUTPUT = ("OUTPUT FIELDS", "flake-ctl.md", "Output formats")
+CTL_SECTIONS: dict[str, list[tuple[str, str, str]]] = {
+    "flake-ctl": [("ENVIRONMENT", "flake-ctl.md", "Environment"), _FILES],
+    "flake-ctl-init": [("FILES", "configuration.md", "Generic configuration")],
+    "flake-ctl-list": [_OUTPUT, ("FILES", "configuration.md", "Registrations")],
+    "flake-ctl-podman-register": [
+        ("FILES", "configuration.md", "Registrations"),
+        ("FILES", "configuration.md", "Container registration keys"),
+    ],
+    "flake-ctl-podman-show": [_OUTPUT, ("FILES", "podman-pilot.md", "Files")],
+    "flake-ctl-podman-cache": [("DETAILS", "delta-containers.md", "Cache commands"), _FILES],
+    "flake-ctl-podman-cache-list": [_OUTPUT, ("FILES", "delta-containers.md", "Warm launch")],
+    "flake-ctl-podman-cache-prune": [("FILES", "delta-containers.md", "Warm launch")],
+    "flake-ctl-firecracker-pull": [
+        ("DETAILS", "vm-flakes.md", "pull"),
+        ("GUEST READINESS", "vm-flakes.md", "Guest readiness"),
+        _FILES,
+    ],
+    "flake-ctl-firecracker-register": [
+        ("FILES", "configuration.md", "Registrations"),
+        ("FILES", "configuration.md", "VM registration keys"),
+    ],
+    "flake-ctl-firecracker-remove": [("DETAILS", "vm-flakes.md", "remove"), _FILES],
+    "flake-ctl-firecracker-show": [_OUTPUT, ("FILES", "firecracker-pilot.md", "Files")],
+    "flake-ctl-firecracker-images": [_OUTPUT, _FILES],
+    "flake-ctl-doctor": [("CHECKS", "flake-ctl.md", "Doctor"), _OUTPUT, _FILES],
 }
-
-
-def esc(text: str) -> str:
-    """Escape text for roff: backslashes, dashes, and a leading dot or quote."""
-    text = text.replace("\\", "\\e").replace("-", "\\-")
-    return re.sub(r"^([.'])", r"\\&\1", text, flags=re.M)
+# every other flake-ctl page
+CTL_DEFAULT_SECTIONS = [_FILES]
 
 
 def inline(text: str) -> str:
@@ -135,7 +154,15 @@ def page_name(prog: str) -> str:
     return prog.replace(" ", "-")
 
 
-def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool) -> str:
+def _doc_sections(docs: mdroff.Docs, wanted: list[tuple[str, str, str]]) -> str:
+    """The docs sections of *wanted* as roff, those of one man section name joined under one .SH."""
+    joined: dict[str, list[str]] = {}
+    for man_title, page, heading in wanted:
+        joined.setdefault(man_title, []).append(mdroff.body(docs.section(page, heading)))
+    return "".join(f".SH {esc(man_title)}\n" + "".join(parts) for man_title, parts in joined.items())
+
+
+def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool, docs: mdroff.Docs) -> str:
     from ..errors import EXIT_CODES
 
     name = page_name(parser.prog)
@@ -146,8 +173,9 @@ def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool) -> str:
         ".SH SYNOPSIS\n",
         _usage(parser),
     ]
-    if parser.description:
-        parts += [".SH DESCRIPTION\n", _paragraphs(parser.description)]
+    description = parser.description or (summary[:1].upper() + summary[1:].rstrip(".") + "." if summary else "")
+    if description:
+        parts += [".SH DESCRIPTION\n", _paragraphs(description)]
     options = _options(parser)
     if options:
         parts += [".SH OPTIONS\n", options]
@@ -157,17 +185,9 @@ def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool) -> str:
         for sub_name, sub_help, sub in subs:
             sentence = sub_help[:1].upper() + sub_help[1:].rstrip(".")
             parts.append(f".TP\n\\fB{esc(sub_name)}\\fR\n{esc(sentence)}. See \\fB{esc(page_name(sub.prog))}\\fR(8).\n")
+    parts.append(_doc_sections(docs, CTL_SECTIONS.get(name, CTL_DEFAULT_SECTIONS)))
     parts.append(".SH EXIT STATUS\n")
     parts += [f".TP\n\\fB{code}\\fR\n{esc(text)}\n" for code, text in EXIT_CODES.items()]
-    if root:
-        parts += [
-            ".SH ENVIRONMENT\n",
-            ".TP\n\\fBFLAKES_CONFIG\\fR\nA file used instead of \\fI/etc/flakes.yml\\fR.\n",
-            ".TP\n\\fBPILOT_DEBUG\\fR\nSet to 1 (or give \\fB\\-\\-debug\\fR) to show engine command lines, "
-            "per\\-phase timings and tracebacks.\n",
-            ".SH FILES\n",
-            ".TP\n\\fI/etc/flakes.yml\\fR, \\fI~/.config/flakes.yml\\fR\nSee \\fBflakes.yml\\fR(5).\n",
-        ]
     related = ["flake-ctl", *(page_name(s.prog) for _, _, s in subs)] if root else ["flake-ctl"]
     related += ["podman-pilot", "firecracker-pilot"]
     parts += [
@@ -177,12 +197,12 @@ def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool) -> str:
     return "".join(parts)
 
 
-def ctl_pages(parser: argparse.ArgumentParser) -> dict[str, str]:
+def ctl_pages(parser: argparse.ArgumentParser, docs: mdroff.Docs) -> dict[str, str]:
     """``{file name: roff}`` for flake-ctl and every subcommand at any depth (``help`` excluded)."""
     pages: dict[str, str] = {}
 
     def visit(p: argparse.ArgumentParser, summary: str, root: bool) -> None:
-        pages[page_name(p.prog) + ".8"] = ctl_page(p, summary, root)
+        pages[page_name(p.prog) + ".8"] = ctl_page(p, summary, root, docs)
         for name, sub_help, sub in _subparsers(p):
             if name != "help":
                 visit(sub, sub_help, False)
@@ -192,85 +212,29 @@ def ctl_pages(parser: argparse.ArgumentParser) -> dict[str, str]:
     return pages
 
 
-# -- pages from module docstrings ---------------------------------------------------------------------
+# -- pages that are a docs page as a whole -------------------------------------------------------------
 
 
-def module_docstring(module: str) -> str | None:
-    """The docstring of *module*, read from its source without importing it."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    with open(spec.origin, encoding="utf-8") as handle:
-        return ast.get_docstring(ast.parse(handle.read()), clean=True)
+def doc_page(name: str, docs: mdroff.Docs, extra: str = "") -> str:
+    """The docs page of *name* (``DOC_PAGES``): its title gives NAME, each ``##`` a section."""
+    page, section = DOC_PAGES[name]
+    text = docs.page(page)
+    title, summary = mdroff.title(text)
+    if title != name:
+        raise mdroff.DocsError(f"{os.path.join(docs.directory, page)}: title names {title!r}, expected {name!r}")
+    rest = text.split("\n", 1)[1] if "\n" in text else ""
+    return _th(name, section) + ".SH NAME\n" + f"{esc(name)} \\- {esc(summary)}\n" + mdroff.body(rest) + extra
 
 
-def docstring_page(name: str, section: str, doc: str, extra: str = "") -> str:
-    """Summary line -> NAME; ``Title:`` lines start sections; the rest -> DESCRIPTION."""
-    summary, _, body = doc.partition("\n")
-    summary = summary.strip().rstrip(".")
-    summary = re.sub(r"^[\w.-]+\s*[:-]\s*", "", summary) or summary
-    summary = summary.replace("``", "")
-    parts = [_th(name, section), ".SH NAME\n", f"{esc(name)} \\- {esc(summary[:1].lower() + summary[1:])}\n"]
-    section_name = "DESCRIPTION"
-    chunk: list[str] = []
-
-    def flush() -> None:
-        if "\n".join(chunk).strip():
-            parts.append(f".SH {section_name}\n")
-            parts.append(_paragraphs("\n".join(chunk)))
-
-    for line in body.split("\n"):
-        m = re.fullmatch(r"([A-Z][A-Za-z /.-]{1,30}):", line.strip())
-        if m and not line.startswith(" "):
-            flush()
-            section_name, chunk = m.group(1).upper(), []
-        else:
-            chunk.append(line)
-    flush()
-    parts.append(extra)
-    return "".join(parts)
+def launcher_page(prog: str, docs: mdroff.Docs) -> str:
+    related = [p for p in ("flake-ctl", "podman-pilot", "firecracker-pilot", "sci") if p != prog]
+    see_also = ".SH SEE ALSO\n" + ", ".join(f"\\fB{esc(r)}\\fR(8)" for r in related) + ", \\fBflakes.yml\\fR(5)\n"
+    return doc_page(prog, docs, see_also)
 
 
-def launcher_doc(prog: str) -> str:
-    for module in LAUNCHERS[prog]:
-        doc = module_docstring(module)
-        if doc:
-            return doc
-    return FALLBACK[prog]
-
-
-def launcher_page(prog: str) -> str:
-    from ..errors import LAUNCHER_EXIT
-
-    extra = ""
-    if prog != "sci":
-        extra = (
-            ".SH EXIT STATUS\nThe app's own exit status; 128+N when it was killed by signal N; 126/127 when "
-            f"the target cannot be run or is not found; \\fB{LAUNCHER_EXIT}\\fR when the launcher itself "
-            "fails (one line on stderr says what and where).\n"
-            ".SH ENVIRONMENT\n.TP\n\\fBPILOT_DEBUG\\fR\nSet to 1 to show every engine command line and a "
-            "per\\-phase timing line.\n"
-            ".SH SEE ALSO\n\\fBflake\\-ctl\\fR(8), \\fBflakes.yml\\fR(5)\n"
-        )
-    return docstring_page(prog, "8", launcher_doc(prog), extra)
-
-
-def flakes_yml_page() -> str:
-    from .. import flakeconf, settings
-
-    keys = "".join(f".TP\n\\fB{esc(k)}\\fR\nDefault: \\fI{esc(v)}\\fR\n" for k, v in settings.DEFAULTS.items())
-    keys += ".TP\n\\fBpodman_binary\\fR, \\fBfirecracker_binary\\fR\nEngine programs (default: found in PATH).\n"
-    doc = f"flake configuration files\n\n{settings.__doc__ or ''}\n\nRegistrations:\n{flakeconf.__doc__ or ''}"
-    extra = (
-        ".SH GENERIC KEYS\nUnder \\fBgeneric:\\fR in \\fI/etc/flakes.yml\\fR (user mode: "
-        "\\fI~/.config/flakes.yml\\fR):\n"
-        + keys
-        + ".SH SEE ALSO\n\\fBflake\\-ctl\\fR(8), \\fBpodman\\-pilot\\fR(8), \\fBfirecracker\\-pilot\\fR(8)\n"
-    )
-    return docstring_page("flakes.yml", "5", doc, _templates() + extra)
+def flakes_yml_page(docs: mdroff.Docs) -> str:
+    see_also = ".SH SEE ALSO\n\\fBflake\\-ctl\\fR(8), \\fBpodman\\-pilot\\fR(8), \\fBfirecracker\\-pilot\\fR(8)\n"
+    return doc_page("flakes.yml", docs, _templates() + see_also)
 
 
 def _templates() -> str:
@@ -291,22 +255,24 @@ def _templates() -> str:
     return ".SH EXAMPLES\n" + "".join(out) if out else ""
 
 
-def all_pages(parser: argparse.ArgumentParser | None = None) -> dict[str, str]:
+def all_pages(parser: argparse.ArgumentParser | None = None, docs_dir: str | None = None) -> dict[str, str]:
     if parser is None:
         from .main import build_parser
 
         parser = build_parser()
-    pages = ctl_pages(parser)
+    docs = mdroff.Docs(docs_dir or mdroff.find_docs())
+    pages = ctl_pages(parser, docs)
     for prog in LAUNCHERS:
-        pages[f"{prog}.8"] = launcher_page(prog)
-    pages["flakes.yml.5"] = flakes_yml_page()
+        pages[f"{prog}.8"] = launcher_page(prog, docs)
+    pages["flakes.yml.5"] = flakes_yml_page(docs)
     return pages
 
 
-def write(outdir: str, parser: argparse.ArgumentParser | None = None) -> list[str]:
+def write(outdir: str, parser: argparse.ArgumentParser | None = None, docs_dir: str | None = None) -> list[str]:
+    pages = all_pages(parser, docs_dir)  # all or nothing: a missing docs section writes no page
     os.makedirs(outdir, exist_ok=True)
     written = []
-    for name, text in sorted(all_pages(parser).items()):
+    for name, text in sorted(pages.items()):
         path = os.path.join(outdir, name)
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -316,10 +282,15 @@ def write(outdir: str, parser: argparse.ArgumentParser | None = None) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m flake_pilot.ctl.manpages OUTDIR\n")
+    if len(args) not in (1, 2):
+        sys.stderr.write("usage: python -m flake_pilot.ctl.manpages OUTDIR [DOCSDIR]\n")
         return 2
-    for path in write(args[0]):
+    try:
+        paths = write(args[0], docs_dir=args[1] if len(args) == 2 else None)
+    except mdroff.DocsError as exc:
+        sys.stderr.write(f"manpages: {exc}\n")
+        return 1
+    for path in paths:
         print(path)
     return 0
 

@@ -138,6 +138,9 @@ def test_every_page_has_options_and_files(pages: Path) -> None:
             assert "OPTIONS" in names, f"{page.name} has no OPTIONS section"
         if page.name.endswith(".8"):
             assert {"NAME", "SYNOPSIS", "DESCRIPTION", "EXIT STATUS"} <= names, page.name
+        see_also = norm(render(page)).split("SEE ALSO", 1)[1]
+        for ref in re.findall(r"\b([a-z][a-z0-9.-]*)\((\d)\)", see_also):
+            assert (pages / f"{ref[0]}.{ref[1]}").exists(), f"{page.name}: SEE ALSO names a missing page {ref}"
 
 
 def test_missing_docs_section_fails_the_generator(tmp_path: Path) -> None:

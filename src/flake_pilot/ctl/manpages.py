@@ -188,7 +188,7 @@ def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool, docs: md
     parts.append(_doc_sections(docs, CTL_SECTIONS.get(name, CTL_DEFAULT_SECTIONS)))
     parts.append(".SH EXIT STATUS\n")
     parts += [f".TP\n\\fB{code}\\fR\n{esc(text)}\n" for code, text in EXIT_CODES.items()]
-    related = ["flake-ctl", *(page_name(s.prog) for _, _, s in subs)] if root else ["flake-ctl"]
+    related = ["flake-ctl", *(page_name(s.prog) for n, _, s in subs if n != "help")] if root else ["flake-ctl"]
     related += ["podman-pilot", "firecracker-pilot"]
     parts += [
         ".SH SEE ALSO\n",

@@ -177,3 +177,8 @@ def test_roff_escaping() -> None:
     assert "\\fB\\&.code\\fR" in roff and "\\fBbold\\fR" in roff and "link" in roff and "x.md" not in roff
     table = mdroff.body("| key | default | meaning |\n|---|---|---|\n| `a|b` | 1 | what a does |\n")
     assert table == ".TP\n\\fBa|b\\fR\n\\fIdefault\\fR: 1\n.br\nwhat a does\n"
+
+
+def test_lists() -> None:
+    roff = mdroff.body("1. first\n   continued\n2. second\n\n- a\n- b\n  c\nafter")
+    assert roff == ".IP 1. 4\nfirst continued\n.IP 2. 4\nsecond\n.IP \\(bu 4\na\n.IP \\(bu 4\nb c\n.PP\nafter\n"

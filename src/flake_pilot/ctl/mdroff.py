@@ -1,8 +1,8 @@
 """The reference pages under ``docs/`` (Markdown) as man page sections (roff).
 
 The docs are the one source of the reference; the man pages show them. Only the Markdown the
-docs use is understood: ``#``/``##``/``###`` headings, paragraphs, ``- `` lists (continued by
-indented lines), tables, fenced or indented code, and inline ``code``, ``**bold**``,
+docs use is understood: ``#``/``##``/``###`` headings, paragraphs, ``- `` and ``1. `` lists
+(continued by indented lines), tables, fenced or indented code, and inline ``code``, ``**bold**``,
 ``*italic*`` and ``[text](link)``.
 """
 
@@ -13,6 +13,9 @@ import re
 
 # Markdown headings whose man page section has a conventional name
 MAN_TITLES = {"Caller arguments": "OPTIONS"}
+
+
+_ITEM = re.compile(r"(-|\d+\.) ")  # a list item: "- text" or "1. text"
 
 
 class DocsError(Exception):
@@ -130,18 +133,25 @@ def body(markdown: str) -> str:
                 j += 1
             out.append(_table(lines[i:j]))
             i = j
-        elif line.startswith("- "):
-            items: list[str] = []
-            while i < len(lines) and (lines[i].startswith("- ") or lines[i].startswith("  ")):
-                if lines[i].startswith("- "):
-                    items.append(lines[i][2:].strip())
+        elif _ITEM.match(line):
+            items: list[tuple[str, str]] = []
+            while i < len(lines) and (_ITEM.match(lines[i]) or lines[i].startswith("  ")):
+                m = _ITEM.match(lines[i])
+                if m:
+                    mark = "\\(bu" if m.group(1) == "-" else m.group(1)
+                    items.append((mark, lines[i][m.end() :].strip()))
                 else:
-                    items[-1] += " " + lines[i].strip()
+                    items[-1] = (items[-1][0], items[-1][1] + " " + lines[i].strip())
                 i += 1
-            out.append("".join(".IP \\(bu 2\n" + inline(item) + "\n" for item in items))
+            out.append("".join(f".IP {mark} 4\n" + inline(item) + "\n" for mark, item in items))
         else:
             para = []
-            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("|", "- ", "#", "```", "    ")):
+            while (
+                i < len(lines)
+                and lines[i].strip()
+                and not lines[i].startswith(("|", "#", "```", "    "))
+                and not _ITEM.match(lines[i])
+            ):
                 para.append(lines[i].strip())
                 i += 1
             out.append(".PP\n" + inline(" ".join(para)) + "\n")

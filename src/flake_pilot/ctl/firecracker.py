@@ -135,6 +135,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_images)
 
+    from . import build_deb
+
+    build_deb.add_parsers(sub, "firecracker")
+
 
 # -- pull ---------------------------------------------------------------------------------------
 

@@ -145,6 +145,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
     podman_cache.add_parser(psub)
 
+    from . import build_deb
+
+    build_deb.add_parsers(psub, "podman")
+
 
 # -- pull / load ---------------------------------------------------------------------------------
 

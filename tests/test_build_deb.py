@@ -1,0 +1,396 @@
+"""flake-ctl podman|firecracker build-deb: packages built from real images, installed with the real
+dpkg and apt-get (from the local repository --repo writes), run, upgraded, removed and purged.
+
+The flake-pilot package itself is built from this tree and installed for the module (as in
+test_packaging.py) and purged at its end, with every package made here, also on failure. The
+packages' scripts run flake-ctl with FLAKES_CONFIG pointing at the test's private prefix, so
+registrations, images and state go there (and into the shared test storage), and the apps live
+in the prefix, not in /usr/bin.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, Prefix, busybox_rootfs_tar, import_image, make_prefix, podman
+from firecracker_fixtures import firecracker_bin, kvm, tiny_guest  # noqa: F401
+from registry import local_registry  # noqa: F401
+from test_packaging import build_deb, clean_env, copy_tree, installed_version, run
+
+PILOT = "flake-pilot"
+PKG = "flake-deb-test-bb"
+VM_PKG = "flake-deb-test-vm"
+PULL_PKG = "flake-deb-test-pull"
+OURS = (PKG, VM_PKG, PULL_PKG)
+PACKAGES_DIR = Path("/usr/share/flake-pilot/packages")
+EPOCH = "1700000000"
+
+
+def status(package: str) -> str | None:
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", package], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 and "not-installed" not in proc.stdout else None
+
+
+def purge(*packages: str) -> None:
+    subprocess.run(["dpkg", "--purge", *packages], capture_output=True, env=clean_env(), timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """flake-pilot installed from this tree; afterwards the host is as before (our packages purged)."""
+    for package in OURS:
+        if status(package):
+            pytest.fail(f"{package} is installed on this machine; purge it first (dpkg --purge {package})")
+    before = installed_version()
+    if before is None:
+        deb = build_deb(copy_tree(tmp_path_factory.mktemp("pilot") / PILOT))
+        run(["dpkg", "-i", str(deb)])
+    try:
+        yield
+    finally:
+        purge(*OURS)
+        if before is None:
+            purge(PILOT)
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two busybox images that differ in /etc/flake-version (in the shared test storage)."""
+    from conftest import STORAGE, storage_conf
+
+    storage = storage_conf(STORAGE / "root")
+    images = {}
+    for version in ("1", "2"):
+        tag = f"localhost/flake-test/deb-v{version}:latest"
+        if podman("image", "exists", tag, storage=storage, check=False).returncode != 0:
+            import_image(tag, busybox_rootfs_tar({"etc/flake-version": f"{version}\n".encode()}), storage)
+        images[version] = tag
+    return images
+
+
+def host_env(p: Prefix, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """dpkg, apt-get and the apps: system PATH, the prefix's configuration, a private plan cache."""
+    return clean_env(FLAKES_CONFIG=str(p.config), XDG_CACHE_HOME=str(tmp_path / "cache"), **extra)
+
+
+def build(p: Prefix, engine: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = p.ctl(engine, "build-deb", *args, env={"SOURCE_DATE_EPOCH": EPOCH}, timeout=300)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def apt_get(env: dict[str, str], tmp_path: Path, repo: Path, *args: str) -> None:
+    """apt-get with only the local repository as source and its own lists and cache."""
+    base = tmp_path / "apt"
+    for d in ("lists/partial", "cache/archives/partial", "parts"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    sources = base / "sources.list"
+    sources.write_text(f"deb [trusted=yes] file:{repo} ./\n")
+    opts = [
+        "-o",
+        f"Dir::Etc::SourceList={sources}",
+        "-o",
+        f"Dir::Etc::SourceParts={base / 'parts'}",
+        "-o",
+        f"Dir::State::Lists={base / 'lists'}",
+        "-o",
+        f"Dir::Cache={base / 'cache'}",
+        "-o",
+        "DPkg::Lock::Timeout=120",
+    ]
+    env = {**env, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", *opts, "update"], env=env)
+    run(["apt-get", *opts, "install", "-y", "--no-install-recommends", *args], env=env)
+
+
+def owned_images(package: str) -> list[str]:
+    from conftest import STORAGE, storage_conf
+
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", storage=storage_conf(STORAGE / "root"))
+    return [n for n in listed.stdout.split() if n.startswith(f"localhost/flake-deb/{package}:")]
+
+
+def check_gone(p: Prefix, package: str, apps: list[Path]) -> None:
+    assert status(package) is None
+    assert not (PACKAGES_DIR / package).exists()
+    for app in apps:
+        assert not os.path.lexists(app), f"{app} left behind"
+        assert not (p.flakes_dir / f"{app.name}.yaml").exists() and not (p.flakes_dir / f"{app.name}.d").exists()
+    state = p.ids_dir / "0"
+    left = [f.name for f in state.iterdir() if f.name.startswith(tuple(a.name for a in apps))] if state.exists() else []
+    assert left == [], f"instance state left: {left}"
+
+
+def run_apps(p: Prefix, env: dict[str, str], sh: Path, cat: Path, version: str) -> None:
+    """Status, both output streams and stdin through the installed launcher."""
+    shown = subprocess.run([str(cat), "/etc/flake-version"], env=env, capture_output=True, text=True, timeout=120)
+    assert (shown.returncode, shown.stdout) == (0, f"{version}\n"), shown.stderr
+    piped = subprocess.run([str(cat)], env=env, input="from stdin\n", capture_output=True, text=True, timeout=120)
+    assert (piped.returncode, piped.stdout) == (0, "from stdin\n"), piped.stderr
+    script = "echo out; echo err >&2; exit 3"
+    mixed = subprocess.run(
+        [str(sh), "-c", script], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+    assert (mixed.returncode, mixed.stdout, mixed.stderr) == (3, "out\n", "err\n")
+
+
+def test_podman_package_dpkg_apt_upgrade_purge(
+    pilot: None, prefix: Prefix, versions: dict[str, str], tmp_path: Path
+) -> None:
+    env = host_env(prefix, tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    sh, cat = prefix.bin_dir / "fdt-sh", prefix.bin_dir / "fdt-cat"
+    for version, image in versions.items():
+        apps = ("--app", f"{sh}:/bin/sh", "--app", f"{cat}:/bin/cat")
+        build(
+            prefix,
+            "podman",
+            "--container",
+            image,
+            *apps,
+            "--resume",
+            "--name",
+            PKG,
+            "--version",
+            f"{version}.0",
+            "--repo",
+            str(repo),
+        )
+    index = (repo / "Packages").read_text()
+    assert f"Package: {PKG}\nVersion: 1.0\n" in index and f"Package: {PKG}\nVersion: 2.0\n" in index
+    assert {f.name for f in repo.iterdir()} >= {"Packages", "Packages.gz", "Release"}
+    first = next(repo.glob(f"{PKG}_1.0_*.deb"))
+    depends = run(["dpkg-deb", "-f", str(first), "Depends"]).stdout
+    assert depends.startswith("flake-pilot (>= ") and "podman" in depends
+    try:
+        installed = run(["dpkg", "-i", str(first)], env=env)
+        assert f"registered {sh}" in installed.stdout
+        assert status(PKG) == "install ok installed 1.0"
+        assert os.readlink(sh) == "/usr/bin/podman-pilot"
+        assert run(["dpkg", "-S", str(sh)]).stdout.startswith(f"{PKG}: ")
+        [v1_image] = owned_images(PKG)
+        assert v1_image in (prefix.flakes_dir / "fdt-cat.yaml").read_text()
+        run_apps(prefix, env, sh, cat, "1")
+        assert (prefix.ids_dir / "0" / "fdt-cat.cid").exists()  # a resume instance of version 1 runs
+
+        apt_get(env, tmp_path, repo, PKG)  # the upgrade, from the repository
+        assert status(PKG) == "install ok installed 2.0"
+        v2_image = next(n for n in owned_images(PKG) if n != v1_image)
+        assert v2_image in (prefix.flakes_dir / "fdt-cat.yaml").read_text()
+        run_apps(prefix, env, sh, cat, "2")  # the old instance was replaced at its next idle call
+
+        removed = run(["dpkg", "-r", PKG], env=env)
+        assert f"removed {cat}" in removed.stdout
+        assert owned_images(PKG) == []
+        run(["dpkg", "--purge", PKG], env=env)
+        check_gone(prefix, PKG, [sh, cat])
+        containers = podman("ps", "-a", "--format", "{{.Image}}", storage=prefix.storage).stdout
+        assert f"localhost/flake-deb/{PKG}:" not in containers
+    finally:
+        purge(PKG)
+
+
+def test_apt_installs_from_the_repository_and_purge_leaves_nothing(
+    pilot: None, prefix: Prefix, versions: dict[str, str], tmp_path: Path
+) -> None:
+    env = host_env(prefix, tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    sh, cat = prefix.bin_dir / "fdt-sh", prefix.bin_dir / "fdt-cat"
+    apps = ("--app", f"{sh}:/bin/sh", "--app", f"{cat}:/bin/cat")
+    build(prefix, "podman", "--container", versions["2"], *apps, "--name", PKG, "--version", "2.0", "--repo", str(repo))
+    try:
+        apt_get(env, tmp_path, repo, PKG)
+        assert status(PKG) == "install ok installed 2.0"
+        run_apps(prefix, env, sh, cat, "2")
+        run(["apt-get", "purge", "-y", PKG], env={**env, "DEBIAN_FRONTEND": "noninteractive"})
+        check_gone(prefix, PKG, [sh, cat])
+        assert owned_images(PKG) == []
+    finally:
+        purge(PKG)
+
+
+def test_pull_at_install_time(
+    pilot: None,
+    prefix: Prefix,
+    versions: dict[str, str],
+    tmp_path: Path,
+    local_registry,  # noqa: F811
+) -> None:
+    ref = local_registry.push(versions["1"], "flake-test/deb-pull:1", storage=prefix.storage)
+    env = host_env(prefix, tmp_path, **local_registry.env())
+    out = tmp_path / "out"
+    out.mkdir()
+    cat = prefix.bin_dir / "fdt-pulled"
+    build(prefix, "podman", "--pull", ref, "--app", f"{cat}:/bin/cat", "--name", PULL_PKG, "--output", str(out))
+    deb = next(out.glob("*.deb"))
+    assert deb.name == f"{PULL_PKG}_1_all.deb"  # version from the tag; the host pulls its own architecture
+    assert "image.tar" not in run(["dpkg-deb", "-c", str(deb)]).stdout
+    try:
+        run(["dpkg", "-i", str(deb)], env=env)
+        assert len(owned_images(PULL_PKG)) == 1
+        assert podman("image", "exists", ref, storage=prefix.storage, check=False).returncode != 0, "ref kept"
+        shown = subprocess.run([str(cat), "/etc/flake-version"], env=env, capture_output=True, text=True, timeout=120)
+        assert (shown.returncode, shown.stdout) == (0, "1\n"), shown.stderr
+        run(["dpkg", "--purge", PULL_PKG], env=env)
+        check_gone(prefix, PULL_PKG, [cat])
+        assert owned_images(PULL_PKG) == []
+    finally:
+        purge(PULL_PKG)
+
+
+def test_vm_package_install_show_launch_purge(
+    pilot: None,
+    tmp_path: Path,
+    kvm: None,  # noqa: F811
+    firecracker_bin: Path,  # noqa: F811
+    tiny_guest: dict[str, Path],  # noqa: F811
+) -> None:
+    p = make_prefix(tmp_path / "prefix", tmp_path / "no-podman-storage")
+    with p.config.open("a") as f:
+        f.write(f"  firecracker_binary: {firecracker_bin}\n")
+    env = host_env(p, tmp_path)
+    rootfs = tmp_path / "rootfs.img"
+    rootfs.write_bytes(b"\0" * 65536)  # the bare-metal guest never reads it; Firecracker needs a drive
+    out = tmp_path / "out"
+    out.mkdir()
+    app = p.bin_dir / "fdt-hello"
+    kernel = tiny_guest["reset"]
+    build(
+        p,
+        "firecracker",
+        "--rootfs",
+        str(rootfs),
+        "--kernel",
+        str(kernel),
+        "--app",
+        f"{app}:/bin/hello",
+        "--name",
+        VM_PKG,
+        "--version",
+        "1.0",
+        "--output",
+        str(out),
+    )
+    deb = next(out.glob(f"{VM_PKG}_1.0_*.deb"))
+    assert "podman" not in run(["dpkg-deb", "-f", str(deb), "Depends"]).stdout
+    registry = p.root / "firecracker" / "images"
+    try:
+        run(["dpkg", "-i", str(deb)], env=env)
+        [image] = [d.name for d in registry.iterdir()]
+        assert image.startswith(f"{VM_PKG}@")
+        assert (registry / image / "kernel").read_bytes() == kernel.read_bytes()
+        ctl = ["/usr/bin/flake-ctl"]
+        listed = run([*ctl, "list", "--format", "json"], env=env).stdout
+        assert str(app) in listed and image in (p.flakes_dir / "fdt-hello.yaml").read_text()
+        images = run([*ctl, "firecracker", "images", "--format", "json"], env=env).stdout
+        assert image in images
+        run([*ctl, "firecracker", "show"], env=env)
+        launched = subprocess.run(
+            [str(app)], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+        assert launched.returncode == 0 and "HELLO-FROM-TINY-GUEST" in launched.stdout, launched.stderr
+        run(["dpkg", "-r", VM_PKG], env=env)
+        assert list(registry.iterdir()) == []
+        run(["dpkg", "--purge", VM_PKG], env=env)
+        check_gone(p, VM_PKG, [app])
+    finally:
+        purge(VM_PKG)
+
+
+# -- no installation needed ----------------------------------------------------------------------
+
+
+def test_two_builds_are_identical(prefix: Prefix, versions: dict[str, str], tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    podman("save", "-q", "-o", str(archive), versions["1"], storage=prefix.storage)
+    app = f"--app={prefix.bin_dir}/fdt-cat:/bin/cat"
+    debs: list[Path] = []
+    for n, source in enumerate((["--container", versions["1"]], ["--oci", str(archive)]) * 2):
+        out = tmp_path / f"out{n}"
+        out.mkdir()
+        build(prefix, "podman", *source, app, "--name", PKG, "--version", "1.0", "--output", str(out))
+        [deb] = out.iterdir()
+        debs.append(deb)
+    assert debs[0].read_bytes() == debs[2].read_bytes(), "two builds of the same image differ"
+    assert debs[1].read_bytes() == debs[3].read_bytes(), "two builds of the same archive differ"
+    manifests = []
+    for deb in debs[:2]:  # podman save's archive carries the same image (its manifest may differ)
+        run(["dpkg-deb", "-x", str(deb), str(deb.parent / "x")])
+        manifests.append((deb.parent / "x" / PACKAGES_DIR.relative_to("/") / PKG / "manifest.yaml").read_text())
+    assert manifests[0] == manifests[1]
+    listing = run(["dpkg-deb", "-c", str(debs[0])]).stdout.splitlines()
+    assert listing and all(" root/root " in line and " 2023-11-14 22:13 " in line for line in listing), listing
+    later = tmp_path / "later"
+    later.mkdir()
+    res = prefix.ctl(
+        "podman",
+        "build-deb",
+        "--container",
+        versions["1"],
+        app,
+        "--name",
+        PKG,
+        "--version",
+        "1.0",
+        "--output",
+        str(later),
+        env={"SOURCE_DATE_EPOCH": "1800000000"},
+    )
+    assert res.returncode == 0, res.stderr
+    assert next(later.iterdir()).read_bytes() != debs[0].read_bytes(), "SOURCE_DATE_EPOCH is not used"
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--container", "localhost/flake-test/no-such-image:1"], 4, "not in the flake storage"),
+        (["--oci", "/nonexistent/image.tar"], 4, "no such file"),
+        (["--app", "relative/path"], 2, "not an absolute path"),
+        (["--app", "/usr/bin/dpkg"], 5, "belongs to package dpkg"),
+        (["--name", "Bad_Name"], 2, "not a Debian package name"),
+        (["--version", "latest"], 2, "not a Debian version"),
+        (["--app", "/opt/x/../y"], 2, ".."),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    prefix: Prefix, versions: dict[str, str], tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    given = dict(zip(args[::2], args[1::2], strict=True))
+    argv = [
+        *("--container", versions["1"]) * ("--container" not in given and "--oci" not in given),
+        *("--app", f"{prefix.bin_dir}/fdt-cat:/bin/cat") * ("--app" not in given),
+        *args,
+        "--output",
+        str(out),
+    ]
+    res = build(prefix, "podman", *argv, check=False)
+    assert res.returncode == code, res.stderr
+    assert len(res.stderr.splitlines()) == 1 and message in res.stderr and res.stderr.startswith("flake-ctl: ")
+    assert list(out.iterdir()) == []
+
+
+def test_vm_bad_input(prefix: Prefix, tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    rootfs.write_bytes(b"\0" * 4096)
+    app = f"--app={prefix.bin_dir}/fdt-vm"
+    missing = build(prefix, "firecracker", "--vm", "no-such-vm", app, "--output", str(tmp_path), check=False)
+    assert missing.returncode == 4 and "no rootfs image" in missing.stderr
+    no_kernel = build(prefix, "firecracker", "--rootfs", str(rootfs), app, "--output", str(tmp_path), check=False)
+    assert no_kernel.returncode == 2 and "--kernel" in no_kernel.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefix", "rootfs"]
+
+
+def test_help_documents_the_command() -> None:
+    for engine in ("podman", "firecracker"):
+        proc = subprocess.run([str(BIN / "flake-ctl"), engine, "build-deb", "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "--app HOST_PATH[:TARGET]" in proc.stdout and "--repo DIR" in proc.stdout

@@ -79,9 +79,12 @@ class VmPrefix:
         kernel: str | None = None,
         extra: str = "",
         target: str | None = None,
+        runtime: dict[str, str] | None = None,
     ) -> Path:
-        """Write a registration in the original's YAML shape and the app symlink."""
+        """Write a registration in the original's YAML shape and the app symlink; *runtime*: more
+        ``vm.runtime`` keys (vmm, console, network)."""
         args = ", ".join(f'"{a}"' for a in boot_args)
+        more = "".join(f"    {key}: {value}\n" for key, value in (runtime or {}).items())
         yaml = (
             f"{extra}vm:\n"
             f"  name: tiny\n"
@@ -91,6 +94,7 @@ class VmPrefix:
             f"    runas: root\n"
             f"    resume: {str(resume).lower()}\n"
             f"    force_vsock: {str(force_vsock).lower()}\n"
+            f"{more}"
             f"    firecracker:\n"
             f"      boot_args: [{args}]\n"
             f"      overlay_size: {overlay_size or '~'}\n"

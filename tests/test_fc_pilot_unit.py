@@ -110,7 +110,7 @@ def test_debug_keeps_console_and_kernel_messages() -> None:
 
 def test_bad_term_and_serial_quotes_rejected() -> None:
     assert "sci_term" not in vmdef.boot_args(flake(), [], overlay=False, term="x y;rm")
-    with pytest.raises(UsageError, match="force_vsock"):
+    with pytest.raises(UsageError, match="console: false"):
         vmdef.boot_args(flake(), ['say "hi"'], overlay=False)
     with pytest.raises(UsageError, match="kernel command line"):
         vmdef.boot_args(flake(), ["a" * 3000], overlay=False)

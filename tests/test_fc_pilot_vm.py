@@ -121,14 +121,21 @@ def test_instance_in_use_and_separate_instance(vm_prefix: VmPrefix) -> None:
         launcher.communicate()
 
 
-def test_firecracker_failure_is_one_line_and_leaves_nothing(vm_prefix: VmPrefix, tmp_path: Path) -> None:
-    vm_prefix.register("broken", kernel=str(tmp_path / "no-such-kernel"), overlay_size="16MiB")
+def test_firecracker_failure_is_one_line_and_leaves_only_its_log(vm_prefix: VmPrefix, tmp_path: Path) -> None:
+    rootfs = tmp_path / ("r" * 200) / ("no-such-rootfs-" + "n" * 100)  # named in a reason of 300+ characters
+    vm_prefix.register("broken", overlay_size="16MiB", extra="")
+    config = vm_prefix.prefix.flakes_dir / "broken.yaml"
+    config.write_text(config.read_text().replace(str(vm_prefix.rootfs), str(rootfs)))
     res = vm_prefix.prefix.app("broken", timeout=30)
     assert res.returncode == 125
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith("broken: firecracker exited with 1")
-    assert "kernel file cannot be opened" in res.stderr
-    assert vm_prefix.files() == set()
+    assert str(rootfs) in res.stderr
+    kept = vm_prefix.state / "broken.failed.log"
+    assert res.stderr.rstrip().endswith(f"(log: {kept})")  # the whole reason, then where the log is
+    reason = res.stderr[len("broken: firecracker exited with 1: ") : -len(f" (log: {kept})\n")]
+    assert len(reason) > 300 and reason in kept.read_text()
+    assert vm_prefix.files() == {"broken.failed.log"}  # instance files and overlay gone; the log is kept
 
 
 def test_force_vsock_guest_without_sci(vm_prefix: VmPrefix) -> None:
@@ -137,7 +144,8 @@ def test_force_vsock_guest_without_sci(vm_prefix: VmPrefix) -> None:
     res = vm_prefix.prefix.app("nosci", timeout=30)
     assert res.returncode == 125
     assert "ended before its guest answered" in res.stderr
-    assert vm_prefix.files() == set()
+    assert res.stderr.rstrip().endswith(f"(log: {vm_prefix.state / 'nosci.failed.log'})")
+    assert vm_prefix.files() == {"nosci.failed.log"}
 
 
 def test_resume_concurrent_first_calls_boot_one_vm(vm_prefix: VmPrefix) -> None:
@@ -213,7 +221,8 @@ def test_tap_existing_device_kept(vm_prefix: VmPrefix) -> None:
         subprocess.run(["ip", "tuntap", "del", "dev", "tap-net2", "mode", "tap"], check=False)
 
 
-def test_tap_not_permitted_is_a_clear_error(vm_prefix: VmPrefix, tmp_path: Path) -> None:
+def _as_test_user(vm_prefix: VmPrefix, tmp_path: Path, app: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run *app* as the unprivileged test user (no /dev/kvm access, no CAP_NET_ADMIN)."""
     if os.getuid() != 0:
         pytest.skip("needs root to switch to the unprivileged test user")
     import pwd
@@ -224,7 +233,6 @@ def test_tap_not_permitted_is_a_clear_error(vm_prefix: VmPrefix, tmp_path: Path)
         user = pwd.getpwnam(TEST_USER)
     except KeyError:
         pytest.fail(f"test user {TEST_USER} missing: run scripts/setup-host.sh --test")
-    vm_prefix.register("net3", boot_args=("console=ttyS0", "ip=dhcp"))
     vm_prefix.prefix.ids_dir.mkdir(mode=0o755)
     os.chmod(vm_prefix.prefix.ids_dir, 0o1777)  # like /tmp/flakes: shared base, private <uid> dirs
     for p in (tmp_path, *tmp_path.parents):
@@ -232,15 +240,38 @@ def test_tap_not_permitted_is_a_clear_error(vm_prefix: VmPrefix, tmp_path: Path)
             break
         os.chmod(p, os.stat(p).st_mode | 0o005)
     res = subprocess.run(
-        ["runuser", "-u", TEST_USER, "--", str(vm_prefix.prefix.bin_dir / "net3")],
+        ["runuser", "-u", TEST_USER, "--", str(vm_prefix.prefix.bin_dir / app)],
         env=vm_prefix.prefix.env,
         capture_output=True,
         text=True,
         timeout=30,
     )
+    return res, user.pw_uid
+
+
+def test_tap_not_permitted_is_a_clear_error(vm_prefix: VmPrefix, tmp_path: Path) -> None:
+    # QEMU needs no /dev/kvm (TCG): the TAP device is the first thing the test user may not do
+    vm_prefix.register("net3", boot_args=("console=ttyS0", "ip=dhcp"), runtime={"vmm": "qemu", "network": "tap"})
+    res, uid = _as_test_user(vm_prefix, tmp_path, "net3")
     assert res.returncode == 125, res.stderr
     assert res.stderr.startswith("net3: cannot create TAP device tap-net3:")
-    assert f"ip tuntap add dev tap-net3 mode tap user {user.pw_uid}" in res.stderr
+    assert f"ip tuntap add dev tap-net3 mode tap user {uid}" in res.stderr
+
+
+def test_kvm_access_checked_before_firecracker_starts(vm_prefix: VmPrefix, tmp_path: Path) -> None:
+    """/dev/kvm is root's only here (0600): the test user gets one line saying what to do, and
+    nothing is made for the instance (no overlay, no TAP device, no Firecracker)."""
+    if os.stat("/dev/kvm").st_mode & 0o006:
+        pytest.skip("/dev/kvm is open to every user on this host: nothing to refuse")
+    vm_prefix.register("kvmless", overlay_size="16MiB", boot_args=("console=ttyS0", "ip=dhcp"))
+    res, uid = _as_test_user(vm_prefix, tmp_path, "kvmless")
+    assert res.returncode == 125, res.stderr
+    assert res.stderr == (
+        f"kvmless: /dev/kvm: no read/write access for uid {uid}: Firecracker needs it; add the user to the "
+        "group owning it (usermod -aG kvm USER, then log in again) or register the flake with --vmm qemu\n"
+    )
+    state = vm_prefix.prefix.ids_dir / str(uid)
+    assert not state.exists() or not [p.name for p in state.iterdir() if not p.name.endswith(".lock")]
 
 
 @pytest.mark.parametrize("guest", ["reset", "hang"])

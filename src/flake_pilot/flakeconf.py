@@ -215,6 +215,9 @@ class VmFlake:
     resume: bool
     force_vsock: bool
     firecracker: FirecrackerRuntime
+    vmm: str = "firecracker"  # vm.runtime.vmm: the VM monitor, firecracker or qemu
+    console: bool | None = None  # vm.runtime.console; None (unset): the original's rule, see vmdef.session_mode
+    network: str = "user"  # vm.runtime.network under QEMU: user (user-mode networking) or tap
 
     @property
     def engine(self) -> str:
@@ -264,6 +267,8 @@ def _podman(app: str, config_file: str, r: _Reader) -> PodmanFlake:
 
 
 CACHE_TYPES = ("Writeback", "Unsafe")
+VMMS = ("firecracker", "qemu")
+NETWORKS = ("user", "tap")
 
 
 def _vm(app: str, config_file: str, r: _Reader) -> VmFlake:
@@ -284,6 +289,15 @@ def _vm(app: str, config_file: str, r: _Reader) -> VmFlake:
             parse_size(str(overlay))
         except ValueError as exc:
             raise r.fail((*fc, "overlay_size"), f"a size such as 20GiB ({exc})", overlay) from None
+    vmm = r.string((*v, "runtime", "vmm")) or "firecracker"
+    if vmm not in VMMS:
+        raise r.fail((*v, "runtime", "vmm"), " or ".join(VMMS), vmm)
+    network = r.string((*v, "runtime", "network")) or "user"
+    if network not in NETWORKS:
+        raise r.fail((*v, "runtime", "network"), " or ".join(NETWORKS), network)
+    console = r.get((*v, "runtime", "console"))
+    if console is not None and not isinstance(console, bool):
+        raise r.fail((*v, "runtime", "console"), "true or false", console)
     return VmFlake(
         app=app,
         config_file=config_file,
@@ -304,6 +318,9 @@ def _vm(app: str, config_file: str, r: _Reader) -> VmFlake:
             vcpu_count=r.integer((*fc, "vcpu_count"), 2, 1, 32),
             cache_type=cache,
         ),
+        vmm=vmm,
+        console=console,
+        network=network,
     )
 
 

@@ -20,7 +20,8 @@ DEFAULTS = {
     "podman_storage_conf": "/etc/flakes/storage.conf",
     "firecracker_registry_dir": "/var/lib/firecracker",
 }
-KNOWN_KEYS = frozenset(DEFAULTS) | {"podman_binary", "firecracker_binary"}
+BINARY_KEYS = frozenset({"podman_binary", "firecracker_binary", "qemu_binary"})  # a name on PATH or a path
+KNOWN_KEYS = frozenset(DEFAULTS) | BINARY_KEYS
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Settings:
     firecracker_registry_dir: str  # holds images/<name>/ and storage/
     podman_binary: str = "podman"
     firecracker_binary: str = "firecracker"
+    qemu_binary: str = "qemu-system-x86_64"
 
 
 def home_dir() -> str:
@@ -79,7 +81,7 @@ def _read_generic(path: str) -> dict[str, str] | None:
             continue
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: key 'generic.{key}': expected a non-empty string, got {value!r}")
-        if key != "podman_binary" and key != "firecracker_binary" and not value.startswith("/"):
+        if key not in BINARY_KEYS and not value.startswith("/"):
             raise ConfigError(f"{path}: key 'generic.{key}': {value!r} is not an absolute path")
         result[key] = value
     return result
@@ -100,6 +102,7 @@ def load(user_mode: bool = False) -> Settings:
             firecracker_registry_dir=sys_values["firecracker_registry_dir"],
             podman_binary=sys_values.get("podman_binary", "podman"),
             firecracker_binary=sys_values.get("firecracker_binary", "firecracker"),
+            qemu_binary=sys_values.get("qemu_binary", "qemu-system-x86_64"),
         )
     user_path = user_config_path()
     user = _read_generic(user_path) or {}
@@ -114,4 +117,5 @@ def load(user_mode: bool = False) -> Settings:
         firecracker_registry_dir=user.get("firecracker_registry_dir", os.path.join(flakes_dir, "firecracker")),
         podman_binary=user.get("podman_binary", sys_values.get("podman_binary", "podman")),
         firecracker_binary=user.get("firecracker_binary", sys_values.get("firecracker_binary", "firecracker")),
+        qemu_binary=user.get("qemu_binary", sys_values.get("qemu_binary", "qemu-system-x86_64")),
     )

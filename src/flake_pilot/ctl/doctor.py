@@ -82,6 +82,7 @@ def diagnose(user_mode: bool) -> list[Result]:
     results.append(Result("config", OK, f"{cfg.source or 'no config file, defaults'}; flakes in {cfg.flakes_dir}"))
     flakes, reg_results = registrations(cfg)
     engines = {engine for engine, _ in flakes}
+    vmms = {flake.vmm for engine, flake in flakes if engine == "firecracker"}
     podman_res, podman_ok = engine_binary(
         "podman",
         cfg.podman_binary,
@@ -92,16 +93,23 @@ def diagnose(user_mode: bool) -> list[Result]:
     fc_res, _ = engine_binary(
         "firecracker",
         cfg.firecracker_binary,
-        "firecracker" in engines,
-        ("VM flakes are registered", "needed for VM flakes only"),
+        "firecracker" in vmms,
+        ("Firecracker VM flakes are registered", "needed for Firecracker VM flakes only"),
         "install firecracker (scripts/get-firecracker.sh) or set generic.firecracker_binary",
     )
-    results += [podman_res, fc_res]
+    qemu_res, _ = engine_binary(
+        "qemu",
+        cfg.qemu_binary,
+        "qemu" in vmms,
+        ("QEMU VM flakes are registered", "needed for VM flakes with vmm: qemu only"),
+        "apt-get install qemu-system-x86 (or set generic.qemu_binary in flakes.yml)",
+    )
+    results += [podman_res, fc_res, qemu_res]
     if podman_ok:
         results += podman_runtime(cfg, "podman" in engines)
         results.append(subids(user_mode, "podman" in engines))
     needs_vm = "firecracker" in engines
-    results += [kvm(needs_vm), tun(needs_vm)]
+    results += [kvm("firecracker" in vmms), qemu_accel(), tun(needs_vm)]
     results += state_dirs(cfg)
     results += reg_results
     if podman_ok:
@@ -262,6 +270,21 @@ def kvm(needed: bool) -> Result:
         "hardware": "usable, hardware-backed (kvm_intel/kvm_amd)",
     }.get(kind, "usable, backend unknown")
     return Result("kvm", OK, detail)
+
+
+def qemu_accel() -> Result:
+    """What QEMU VM flakes run with here: hardware KVM or TCG (the launcher's own rule)."""
+    from ..firecracker.qemu import kvm_accel
+
+    accel, why = kvm_accel()
+    if accel == "kvm":
+        return Result("qemu accel", OK, "QEMU VM flakes run with hardware KVM")
+    return Result(
+        "qemu accel",
+        OK,
+        f"QEMU VM flakes run under TCG, software emulation (boots take seconds): {why}",
+        "for KVM: a host with VMX/SVM and read/write access to /dev/kvm (group kvm)",
+    )
 
 
 def tun(needed: bool) -> Result:

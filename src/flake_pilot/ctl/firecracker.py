@@ -81,8 +81,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--app", required=True, help="absolute path of the command on the host")
     p.add_argument("--target", help="program path inside the VM (default: --app)")
     p.add_argument("--run-as", metavar="USER", help="user recorded in runtime.runas (default: the caller)")
-    p.add_argument("--resume", action="store_true", help="keep the VM running; commands go over vsock")
-    p.add_argument("--force-vsock", action="store_true", help="use vsock instead of the serial console")
+    p.add_argument(
+        "--vmm",
+        choices=("firecracker", "qemu"),
+        default="firecracker",
+        help="the VM monitor: firecracker (default; needs KVM) or qemu (KVM when usable, else TCG emulation)",
+    )
+    p.add_argument("--resume", action="store_true", help="keep the VM running; every call is a session in it")
+    p.add_argument("--force-vsock", action="store_true", help="one-shot calls as sci sessions (the original's flag)")
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="compatibility mode: one-shot calls run on the serial console (no exit status, merged output); "
+        "the default for images pulled without --install-sci",
+    )
+    p.add_argument(
+        "--network",
+        choices=("user", "tap"),
+        default="user",
+        help="qemu: user-mode networking (default, rootless) or a TAP device as under Firecracker",
+    )
     p.add_argument("--overlay-size", metavar="SIZE", help="writable overlay, e.g. 20GiB, 20GB or 20g")
     p.add_argument("--no-net", action="store_true", help="no ip= boot argument")
     p.add_argument(
@@ -176,6 +194,18 @@ def _sci_file(args: argparse.Namespace, workdir: str) -> str:
     return dest
 
 
+def _mark_sci(image_dir: str, sci: str) -> None:
+    """Record that this image carries flake-pilot's sci: register makes its flakes sci sessions."""
+    import hashlib
+
+    from ..firecracker.images import SCI_MARK
+
+    with open(sci, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    with open(os.path.join(image_dir, SCI_MARK), "w", encoding="ascii") as out:
+        out.write(digest + "\n")
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds the staging dir like Ctrl-C does
 
@@ -228,7 +258,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 unverified = [p for p in unverified if p != "kis"]  # the rootfs is verified by the archive
             rootfs = os.path.join(stage.image, "rootfs")
             if args.install_sci or args.sci:
-                guestfs.install_sci(rootfs, _sci_file(args, stage.download))
+                sci = _sci_file(args, stage.download)
+                guestfs.install_sci(rootfs, sci)
+                _mark_sci(stage.image, sci)
             ready = guestfs.readiness(rootfs)
             target = stage.commit(args.force)
     finally:
@@ -279,6 +311,10 @@ def vm_config(args: argparse.Namespace, image: Any, runas: str) -> dict[str, Any
                 "runas": runas,
                 "resume": bool(args.resume),
                 "force_vsock": bool(args.force_vsock),
+                "vmm": args.vmm,
+                # sci sessions for every call where the pull installed our sci, unless asked not to
+                "console": bool(args.console or not image.sci),
+                **({"network": args.network} if args.vmm == "qemu" else {}),
                 "firecracker": {
                     "boot_args": boot_args,
                     "overlay_size": args.overlay_size,
@@ -314,6 +350,8 @@ def cmd_register(args: argparse.Namespace) -> int:
             raise UsageError(f"--overlay-size: {exc} (use e.g. 20GiB, 20GB or 20g)") from None
     elif args.include_tar or args.include_path:
         raise UsageError("--include-tar and --include-path need --overlay-size (they go into the overlay)")
+    if args.network != "user" and args.vmm != "qemu":
+        raise UsageError("--network: only with --vmm qemu (Firecracker always uses a TAP device)")
     runas = args.run_as or user_name()
     if not _USER.fullmatch(runas):
         raise UsageError(f"--run-as: {runas!r} is not a user name")

@@ -23,6 +23,7 @@ from ..errors import ConflictError, FlakeError, NotFoundError
 from ..settings import Settings
 
 COMPONENTS = ("rootfs", "kernel", "initrd", "checksum")
+SCI_MARK = "sci.sha256"  # written by a pull that installed flake-pilot's sci: the sha256 of that sci
 STAGING_PREFIX = ".pull-"
 TRASH_PREFIX = ".trash-"
 
@@ -47,6 +48,7 @@ class Image:
     kernel: str
     initrd: str | None
     rootfs_size: int
+    sci: bool = False  # flake-pilot's sci was installed by the pull (SCI_MARK): calls run as sci sessions
 
 
 def get(cfg: Settings, name: str) -> Image:
@@ -57,7 +59,8 @@ def get(cfg: Settings, name: str) -> Image:
         if not os.path.isfile(file):
             raise NotFoundError(f"VM image {name!r}: no {what} image at {file} (pull it first)")
     has_initrd = os.path.isfile(initrd)
-    return Image(name, path, rootfs, kernel, initrd if has_initrd else None, os.path.getsize(rootfs))
+    has_sci = os.path.isfile(os.path.join(path, SCI_MARK))
+    return Image(name, path, rootfs, kernel, initrd if has_initrd else None, os.path.getsize(rootfs), has_sci)
 
 
 def list_images(cfg: Settings) -> list[Image]:

@@ -3,9 +3,11 @@
 Per instance ``<meta>`` (``app`` or ``app@name``):
 
     <meta>.vmid        the firecracker PID (flake-ctl firecracker show reads it)
-    <meta>.lock        flock: held while an instance is created, and for a one-shot VM's whole life
+    <meta>.lock        flock: held while an instance is created, and for a one-shot VM's whole life;
+                       removed (while held) with the instance
     sci_cmd_<meta>.sock   Firecracker's vsock UDS (+ ``_<port>`` listeners)
-    <meta>.fc.log      firecracker's log and stderr
+    <meta>.fc.log      the VMM's log and stderr
+    <meta>.failed.log  the log of the last start that failed (kept and named in the error)
     <meta>.ext2        resume overlay (persistent write layer), <meta>.run.ext2 one-shot overlay
     <meta>.tap         the TAP device this launcher created (removed with the instance)
 
@@ -65,6 +67,11 @@ class InstancePaths:
         return self._p(self.meta + ".fc.log")
 
     @property
+    def failed_log(self) -> str:
+        """The log of the last start that failed, kept for the user (not instance state)."""
+        return self._p(self.meta + ".failed.log")
+
+    @property
     def tap_record(self) -> str:
         return self._p(self.meta + ".tap")
 
@@ -88,16 +95,22 @@ def read_pid(paths: InstancePaths) -> int | None:
     return pid if pid > 0 else 0
 
 
+def is_vmm(comm: bytes) -> bool:
+    """A process name (/proc/PID/comm) of a VM monitor firecracker-pilot starts."""
+    return comm == b"firecracker" or comm.startswith(b"qemu-system")
+
+
 def is_vm(pid: int, fc_id: str, uid: "int | None" = None) -> bool:
-    """The one rule for "this instance's VM runs": *pid* is a live firecracker process of *uid*
-    (default: the caller) whose command line carries ``--id`` *fc_id* (a reused PID, another user's
-    process or another instance's VM is not it). firecracker-pilot and flake-ctl both use it."""
+    """The one rule for "this instance's VM runs": *pid* is a live VMM process (firecracker,
+    qemu-system-*) of *uid* (default: the caller) whose command line carries *fc_id* as
+    Firecracker's ``--id`` or QEMU's ``-name`` (a reused PID, another user's process or another
+    instance's VM is not it). firecracker-pilot and flake-ctl both use it."""
     if pid <= 0:
         return False
     proc = f"/proc/{pid}"
     try:
         with open(f"{proc}/comm", "rb") as handle:
-            if handle.read().strip() != b"firecracker":
+            if not is_vmm(handle.read().strip()):
                 return False
         if fastos.stat(proc).st_uid != (fastos.getuid() if uid is None else uid):
             return False
@@ -105,7 +118,8 @@ def is_vm(pid: int, fc_id: str, uid: "int | None" = None) -> bool:
             argv = handle.read().split(b"\0")
     except OSError:
         return False
-    given = argv.index(b"--id") + 1 if b"--id" in argv else 0
+    flag = b"--id" if b"--id" in argv else b"-name"
+    given = argv.index(flag) + 1 if flag in argv else 0
     return 0 < given < len(argv) and argv[given] == fc_id.encode()
 
 
@@ -133,24 +147,48 @@ def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
         statedir.remove_file(paths.overlay(resume=True))
 
 
+def _still_linked(fd: int, path: str) -> bool:
+    """True when the locked *fd* is still the file at *path* (``drop_lock`` unlinks lock files
+    while holding them: a lock taken on the unlinked file guards nothing)."""
+    try:
+        st = fastos.lstat(path)
+    except FileNotFoundError:
+        return False
+    mine = fastos.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 def try_lock(path: str) -> int | None:
     """A non-blocking exclusive flock on *path*: the fd, or None when someone holds it."""
-    fd = fastos.open(path, fastos.O_RDWR | fastos.O_CREAT | fastos.O_NOFOLLOW | fastos.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        fastos.close(fd)
-        if isinstance(exc, BlockingIOError):  # EWOULDBLOCK: held by someone else
-            return None
-        raise
-    return fd
+    while True:
+        fd = fastos.open(path, fastos.O_RDWR | fastos.O_CREAT | fastos.O_NOFOLLOW | fastos.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fastos.close(fd)
+            if isinstance(exc, BlockingIOError):  # EWOULDBLOCK: held by someone else
+                return None
+            raise
+        if _still_linked(fd, path):
+            return fd
+        fastos.close(fd)  # removed by its holder meanwhile: lock the new file
 
 
 def lock(path: str) -> int:
     """A blocking exclusive flock on *path* (released when the fd is closed or we die)."""
-    fd = fastos.open(path, fastos.O_RDWR | fastos.O_CREAT | fastos.O_NOFOLLOW | fastos.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    while True:
+        fd = fastos.open(path, fastos.O_RDWR | fastos.O_CREAT | fastos.O_NOFOLLOW | fastos.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _still_linked(fd, path):
+            return fd
+        fastos.close(fd)
+
+
+def drop_lock(path: str, fd: int) -> None:
+    """Remove the lock file *path* whose lock *fd* holds, then release it: waiters see the
+    file gone (``_still_linked``) and lock a new one."""
+    statedir.remove_file(path)
+    fastos.close(fd)
 
 
 def gc(state_dir: str) -> list[str]:
@@ -168,11 +206,13 @@ def gc(state_dir: str) -> list[str]:
         fd = try_lock(paths.lock)
         if fd is None:
             continue  # being created or a one-shot VM in use
-        try:
-            if running_pid(paths) is None:
+        if running_pid(paths) is None:
+            try:
                 remove_files(paths, overlay=False)
                 reaped.append(meta)
-        finally:
+            finally:
+                drop_lock(paths.lock, fd)
+        else:
             fastos.close(fd)
     return reaped
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 DEFAULT_PORT = 52  # sci's session port in the guest
+KVM_DEV = "/dev/kvm"
 SUN_PATH_MAX = 107  # bytes in a Unix socket path
 
 
@@ -122,7 +123,9 @@ def _prctl() -> object:
 
 
 def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep: bool) -> int:
-    """fork + exec firecracker (cheaper to import than subprocess); the child's PID.
+    """fork + exec the VMM (cheaper to import than subprocess); the child's PID.
+
+    *config_fd*: an fd the VMM inherits (Firecracker's config pipe), -1 for none.
 
     *console*: the VM's serial console is the caller's stdin/stdout, else /dev/null.
     *keep*: a resume VM in its own session (outlives the caller's terminal); otherwise the VM
@@ -148,7 +151,8 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
                 fastos.dup2(null, 0)
                 fastos.dup2(log_fd if debug_console else null, 1)  # PILOT_DEBUG: guest console in the log
             fastos.dup2(log_fd, 2)
-            fastos.set_inheritable(config_fd, True)
+            if config_fd >= 0:
+                fastos.set_inheritable(config_fd, True)
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores it; exec would keep that
             fastos.execv(argv[0], argv)
         except OSError as exc:
@@ -169,6 +173,29 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
     return pid
 
 
+def check_kvm() -> None:
+    """Firecracker needs read/write access to /dev/kvm: say so in one line before it fails."""
+    if fastos.access(KVM_DEV, 6):  # R_OK | W_OK
+        return
+    from ..errors import EngineError
+
+    if not fastos.exists(KVM_DEV):
+        raise EngineError(
+            f"{KVM_DEV} is missing: Firecracker needs KVM (enable virtualisation, modprobe kvm_intel or "
+            "kvm_amd), or register the flake with --vmm qemu (runs without KVM)"
+        )
+    raise EngineError(
+        f"{KVM_DEV}: no read/write access for uid {fastos.getuid()}: Firecracker needs it; add the user to "
+        "the group owning it (usermod -aG kvm USER, then log in again) or register the flake with --vmm qemu"
+    )
+
+
+def _open_log(paths: "InstancePaths") -> int:
+    # O_APPEND: the VMM writes its own log to the same file
+    flags = fastos.O_WRONLY | fastos.O_CREAT | fastos.O_TRUNC | fastos.O_APPEND | fastos.O_NOFOLLOW | fastos.O_CLOEXEC
+    return fastos.open(paths.log, flags, 0o600)
+
+
 def spawn(paths: "InstancePaths", doc: dict[str, object], *, serial: bool, keep: bool, binary: str) -> int:
     """Start firecracker with *doc* through a pipe; record its PID in the instance file."""
     from .. import statedir
@@ -183,9 +210,7 @@ def spawn(paths: "InstancePaths", doc: dict[str, object], *, serial: bool, keep:
     finally:
         fastos.close(w)
     statedir.remove_file(paths.sock)  # firecracker refuses an existing UDS path
-    # O_APPEND: firecracker writes its own log to the same file
-    flags = fastos.O_WRONLY | fastos.O_CREAT | fastos.O_TRUNC | fastos.O_APPEND | fastos.O_NOFOLLOW | fastos.O_CLOEXEC
-    log_fd = fastos.open(paths.log, flags, 0o600)
+    log_fd = _open_log(paths)
     argv = [
         fc,
         "--no-api",
@@ -237,24 +262,40 @@ def reap(pid: int) -> int:
 
 
 def log_reason(paths: "InstancePaths") -> str:
-    """The telling line of firecracker's log, for error messages."""
+    """The telling line of the VMM's log, whole, for error messages."""
     try:
         with open(paths.log, "rb") as handle:
-            lines = handle.read()[-8192:].decode(errors="replace").splitlines()
+            lines = [line for line in handle.read()[-16384:].decode(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "no log"
     for line in lines:
         if "rror" in line and "exiting with error" not in line:
             # "RunWithoutApiError error: Failed to build ...: ... failed: <the cause>"
-            return line.split("] ", 1)[-1].rsplit("failed: ", 1)[-1].strip()[:300]
-    return lines[-1].split("] ", 1)[-1][:300] if lines else "no log output"
+            return line.split("] ", 1)[-1].rsplit("failed: ", 1)[-1].strip()
+    return lines[-1].split("] ", 1)[-1].strip() if lines else "no log output"
 
 
-def prepare(flake: "Plan", paths: "InstancePaths", uid: int, resume: bool) -> tuple[str | None, str | None]:
-    """Overlay and TAP device for a new VM: (overlay path, tap name)."""
+def start_failed(paths: "InstancePaths", message: str) -> Exception:
+    """The error for a VM that failed to start: its log is kept (``<meta>.failed.log``, replacing
+    the one of an earlier failure) and named, since the instance's own files are removed."""
+    from .. import statedir
+    from ..errors import EngineError
+
+    kept = paths.failed_log
+    try:
+        fastos.replace(paths.log, kept)
+    except OSError:
+        statedir.remove_file(kept)  # no log to keep: do not name an older one
+        return EngineError(message)
+    return EngineError(f"{message} (log: {kept})")
+
+
+def prepare(flake: "Plan", paths: "InstancePaths", uid: int, resume: bool) -> tuple[str | None, str | None, bool]:
+    """Overlay and TAP device for a new VM: (overlay path, tap name, overlay made by this call)."""
     from . import vmdef
 
     ov = None
+    created = False
     if flake.firecracker.overlay_size:
         from ..sizes import parse_size
         from . import overlay
@@ -262,15 +303,29 @@ def prepare(flake: "Plan", paths: "InstancePaths", uid: int, resume: bool) -> tu
         ov = paths.overlay(resume)
         if not (resume and overlay.usable(ov)):
             overlay.create(ov, parse_size(flake.firecracker.overlay_size), flake.include, flake.config_file)
+            created = True
     dev = None
-    if vmdef.wants_network(flake):
+    if vmdef.wants_network(flake) and (flake.vmm != "qemu" or flake.network == "tap"):
         from .. import statedir
         from . import tap
 
-        dev = tap.name(paths.meta)
-        if tap.ensure(dev, uid):
-            statedir.write_file(paths.tap_record, dev)
-    return ov, dev
+        try:
+            dev = tap.name(paths.meta)
+            if tap.ensure(dev, uid):
+                statedir.write_file(paths.tap_record, dev)
+        except BaseException:
+            if created and ov is not None:
+                statedir.remove_file(ov)
+            raise
+    return ov, dev, created
+
+
+def _winsize() -> tuple[int, int]:
+    try:
+        size = fastos.get_terminal_size(0)
+    except OSError:
+        return 0, 0
+    return size.lines, size.columns
 
 
 def build(
@@ -278,11 +333,6 @@ def build(
 ) -> dict[str, object]:
     from . import vmdef
 
-    try:
-        size = fastos.get_terminal_size(0)
-        winsize = (size.lines, size.columns)
-    except OSError:
-        winsize = (0, 0)
     inst = vmdef.Instance(call.meta, paths.sock, ov, dev, vmdef.guest_mac(uid, call.meta))
     cmdline = vmdef.boot_args(
         flake,
@@ -290,16 +340,100 @@ def build(
         overlay=ov is not None,
         debug=debug.enabled(),
         term=fastos.environ.get("TERM"),
-        winsize=winsize,
+        winsize=_winsize(),
     )
     return vmdef.config(flake, inst, cmdline)
+
+
+def start_vm(
+    flake: "Plan", paths: "InstancePaths", call: CallArgs, ov: str | None, dev: str | None, uid: int, keep: bool
+) -> int:
+    """Start the registered VMM for this instance: its PID. The serial console is the program's
+    terminal only in the compatibility mode (no sci session)."""
+    from . import vmdef
+
+    console = not vmdef.session_mode(flake)
+    if flake.vmm == "qemu":
+        return spawn_qemu(flake, paths, call, ov, dev, uid, console=console, keep=keep)
+    doc = build(flake, paths, call, ov, dev, uid)
+    return spawn(paths, doc, serial=console, keep=keep, binary=flake.binary)
+
+
+def find_qemu(binary: str) -> str:
+    path = fastos.which(binary)
+    if path is not None:
+        return path
+    from ..errors import EngineError
+
+    where = "" if "/" in binary else f" in PATH ({fastos.environ.get('PATH', '')})"
+    raise EngineError(
+        f"{binary}: not found{where}; install QEMU (apt-get install qemu-system-x86) or set generic.qemu_binary"
+    )
+
+
+def spawn_qemu(
+    flake: "Plan",
+    paths: "InstancePaths",
+    call: CallArgs,
+    ov: str | None,
+    dev: str | None,
+    uid: int,
+    *,
+    console: bool,
+    keep: bool,
+) -> int:
+    """Start QEMU for this instance (KVM when usable, else TCG); record its PID."""
+    from .. import statedir
+    from . import qemu, vmdef
+
+    binary = find_qemu(flake.qemu_binary)
+    accel, why = qemu.kvm_accel()
+    if debug.enabled() or call.progress:
+        how = "hardware KVM" if accel == "kvm" else f"TCG, software emulation (slow start-up): {why}"
+        sys.stderr.write(f"{call.meta}: starting the VM under QEMU with {how}\n")
+    cmdline = vmdef.boot_args(
+        flake,
+        call.args,
+        overlay=ov is not None,
+        debug=debug.enabled(),
+        term=fastos.environ.get("TERM"),
+        winsize=_winsize(),
+        extra=qemu.TCG_ARGS if accel == "tcg" else (),
+    )
+    inst = vmdef.Instance(call.meta, paths.sock, ov, dev, vmdef.guest_mac(uid, call.meta))
+    argv = qemu.argv(
+        flake,
+        inst,
+        cmdline,
+        name=paths.fc_id,
+        binary=binary,
+        accel=accel,
+        console=console or debug.enabled(),  # debug: the guest console goes to the log
+        user_net=dev is None and flake.network == "user" and vmdef.wants_network(flake),
+        session_ports=0 if console else qemu.ports(flake),
+        sock=paths.sock,
+    )
+    debug.log("+ " + " ".join(argv))
+    log_fd = _open_log(paths)
+    try:
+        pid = _start(argv, console=console, log_fd=log_fd, config_fd=-1, keep=keep)
+    finally:
+        fastos.close(log_fd)
+    statedir.write_file(paths.vmid, str(pid))
+    debug.log(f"started qemu pid {pid} for {paths.meta}")
+    return pid
+
+
+def _no_answer(exc: Exception) -> Exception:
+    """Mark *exc* as "the guest never answered" (run_resume removes a VM it booted then)."""
+    exc.no_answer = True  # type: ignore[attr-defined]
+    return exc
 
 
 def connect(paths: "InstancePaths", pid: int, port: int, progress: bool) -> "socket":
     """Wait for sci to answer on vsock *port* while the VM is alive; the connected socket."""
     import time
 
-    from ..errors import EngineError
     from ..protocol import ProtocolError, connect_firecracker_vsock
     from .instances import is_vm
 
@@ -318,32 +452,107 @@ def connect(paths: "InstancePaths", pid: int, port: int, progress: bool) -> "soc
             except ProtocolError as exc:
                 if not is_vm(pid, paths.fc_id):
                     reason = log_reason(paths)
-                    raise EngineError(f"VM {paths.meta} ended before its guest answered: {reason}") from exc
+                    raise _no_answer(
+                        start_failed(paths, f"VM {paths.meta} ended before its guest answered: {reason}")
+                    ) from exc
                 if time.monotonic() >= deadline:
-                    raise EngineError(
-                        f"VM {paths.meta}: no answer from sci on vsock port {port} within {limit:g} s "
-                        f"(socket {paths.sock}; does the image run sci with run=vsock?)"
+                    raise _no_answer(
+                        start_failed(
+                            paths,
+                            f"VM {paths.meta}: no answer from sci on vsock port {port} within {limit:g} s "
+                            f"(socket {paths.sock}; does the image run sci with run=vsock?)",
+                        )
                     ) from exc
     finally:
         if spin is not None:
             spin.__exit__(None, None, None)
 
 
-def session(flake: "Plan", call: CallArgs, sock: "socket") -> int:
-    from ..protocol import Request, run_session, terminal_size
+def session(
+    flake: "Plan",
+    call: CallArgs,
+    sock: "socket",
+    *,
+    handshake: float = 60.0,
+    paths: "InstancePaths | None" = None,
+    pid: int = 0,
+    answered: list[bool] | None = None,
+) -> int:
+    """Run the call as a sci session on the connected *sock*. With *paths*/*pid* (QEMU: the
+    handshake includes the boot) a session that fails before the guest answered is reported as a
+    failed start; *answered* (one flag) is set once the guest answered."""
+    from ..protocol import ProtocolError, Request, run_session, terminal_size
 
     tty = fastos.isatty(0)
     rows, cols = terminal_size(0) if tty else (0, 0)
     env = {"TERM": fastos.environ["TERM"]} if tty and fastos.environ.get("TERM") else {}
     req = Request([flake.target_app_path, *call.args], env=env, tty=tty, rows=rows, cols=cols)
+    flag = answered if answered is not None else [False]
+    spin = None
+    if call.progress and paths is not None:
+        from ..progress import spinner
+
+        spin = spinner(f"starting {paths.meta}")
+        spin.__enter__()
+
+    def started(_guest_pid: int) -> None:
+        nonlocal spin
+        flag[0] = True
+        if spin is not None:
+            spin.__exit__(None, None, None)
+            spin = None
+
     try:
-        return run_session(sock, req, 0, 1, 2)
+        return run_session(sock, req, 0, 1, 2, handshake_timeout=handshake, on_started=started)
+    except ProtocolError as exc:
+        if flag[0] or paths is None:
+            raise
+        from .instances import is_vm
+
+        if not is_vm(pid, paths.fc_id):
+            reason = log_reason(paths)
+            raise _no_answer(start_failed(paths, f"VM {paths.meta} ended before its guest answered: {reason}")) from exc
+        if str(exc).startswith("no answer"):
+            raise _no_answer(
+                start_failed(
+                    paths,
+                    f"VM {paths.meta}: no answer from sci on its virtio-serial port within {handshake:g} s "
+                    "(does the image run flake-pilot's sci?)",
+                )
+            ) from exc
+        flag[0] = True  # the guest answered: it refused the request
+        raise
     finally:
+        if spin is not None:
+            spin.__exit__(None, None, None)
         sock.close()
 
 
-def run_oneshot(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int, binary: str) -> int:
-    from . import instances
+def call_session(flake: "Plan", call: CallArgs, paths: "InstancePaths", pid: int, answered: list[bool]) -> int:
+    """This call as a sci session in the running VM *pid*: the program's exit status."""
+    if flake.vmm != "qemu":
+        vsock = connect(paths, pid, call.port, call.progress)
+        answered[0] = True
+        return session(flake, call, vsock)
+    import time
+
+    from . import qemu
+
+    limit = boot_timeout()
+    index, port_lock = qemu.claim_port(paths, qemu.ports(flake))
+    try:
+        sock = qemu.connect(paths, index, pid, time.monotonic() + limit)
+        if sock is None:
+            reason = log_reason(paths)
+            raise _no_answer(start_failed(paths, f"VM {paths.meta} ended before its guest answered: {reason}"))
+        debug.log(f"session on port sci{index}")
+        return session(flake, call, sock, handshake=limit, paths=paths, pid=pid, answered=answered)
+    finally:
+        fastos.close(port_lock)
+
+
+def run_oneshot(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int) -> int:
+    from . import instances, vmdef
 
     lock_fd = instances.try_lock(paths.lock)
     if lock_fd is None:
@@ -353,8 +562,9 @@ def run_oneshot(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int,
     pid = None
     waited = False
     tty_mode = None
-    if not flake.force_vsock and fastos.isatty(0):
-        import termios  # firecracker makes the console terminal raw and leaves it so when killed
+    console = not vmdef.session_mode(flake)
+    if console and fastos.isatty(0):
+        import termios  # the VMM makes the console terminal raw and leaves it so when killed
 
         tty_mode = termios.tcgetattr(0)
     try:
@@ -364,31 +574,27 @@ def run_oneshot(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int,
 
             raise ConflictError(f"instance {call.meta} runs as VM pid {running}; use @NAME or stop it")
         instances.remove_files(paths, overlay=False)
-        ov, dev = prepare(flake, paths, uid, resume=False)
-        serial = not flake.force_vsock
-        doc = build(flake, paths, call, ov, dev, uid)
-        pid = spawn(paths, doc, serial=serial, keep=False, binary=binary)
-        if serial:
+        ov, dev, _ = prepare(flake, paths, uid, resume=False)
+        pid = start_vm(flake, paths, call, ov, dev, uid, keep=False)
+        if console:
             code = _wait_serial(pid)
             waited = True
             if code > 0 and code < 128:
-                from ..errors import EngineError
-
-                raise EngineError(f"firecracker exited with {code}: {log_reason(paths)}")
+                raise start_failed(paths, f"{flake.vmm} exited with {code}: {log_reason(paths)}")
             return code
-        return session(flake, call, connect(paths, pid, call.port, call.progress))
+        return call_session(flake, call, paths, pid, [False])
     finally:
         if pid is not None and not waited:
             instances.kill(pid, paths.fc_id, grace=0.2)
             reap(pid)
         instances.remove_files(paths, overlay=False)
-        fastos.close(lock_fd)
+        instances.drop_lock(paths.lock, lock_fd)
         if tty_mode is not None:
             termios.tcsetattr(0, termios.TCSANOW, tty_mode)
 
 
 def _wait_serial(pid: int) -> int:
-    """Wait for the foreground VM; signals to the launcher are passed on to firecracker."""
+    """Wait for the foreground VM; signals to the launcher are passed on to the VMM."""
 
     def forward(signo: int, _frame: object) -> None:
         fastos.kill(pid, signo)
@@ -398,26 +604,45 @@ def _wait_serial(pid: int) -> int:
     return reap(pid)
 
 
-def run_resume(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int, binary: str) -> int:
+def _discard(paths: "InstancePaths", overlay_made: bool, lock_fd: int) -> None:
+    """Remove what a failed first start of a resume instance made: runtime files, the overlay
+    if this call created it, and the instance lock (*lock_fd* must hold it)."""
+    from .. import statedir
+    from . import instances
+
+    instances.remove_files(paths, overlay=False)
+    if overlay_made:
+        statedir.remove_file(paths.overlay(resume=True))
+    instances.drop_lock(paths.lock, lock_fd)
+
+
+def run_resume(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int) -> int:
     from . import instances
 
     lock_fd = instances.lock(paths.lock)
     started = False
+    created = False
     try:
         pid = instances.running_pid(paths)
         if pid is None:
             instances.remove_files(paths, overlay=False)
-            ov, dev = prepare(flake, paths, uid, resume=True)
-            doc = build(flake, paths, call, ov, dev, uid)
-            pid, started = spawn(paths, doc, serial=False, keep=True, binary=binary), True
+            try:
+                ov, dev, created = prepare(flake, paths, uid, resume=True)
+                pid, started = start_vm(flake, paths, call, ov, dev, uid, keep=True), True
+            except BaseException:
+                _discard(paths, created, lock_fd)
+                lock_fd = -1
+                raise
         else:
             debug.log(f"reusing VM pid {pid} for {call.meta}")
     finally:
-        fastos.close(lock_fd)  # not held across sessions: concurrent calls share the VM
+        if lock_fd >= 0:
+            fastos.close(lock_fd)  # not held across sessions: concurrent calls share the VM
+    answered = [False]
     try:
-        sock = connect(paths, pid, call.port, call.progress)
+        return call_session(flake, call, paths, pid, answered)
     except BaseException:
-        if started:  # the VM we booted never answered: do not leave a broken VM behind
+        if started and not answered[0]:  # the VM we booted never answered: do not leave it behind
             with_lock = instances.try_lock(paths.lock)
             if with_lock is not None:
                 debug.log(f"removing VM pid {pid}: it never answered")
@@ -426,13 +651,11 @@ def run_resume(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int, 
                     reap(pid)  # our child: gone for good once reaped (kill returns once it stops being a VM)
                 except ChildProcessError:
                     pass
-                instances.remove_files(paths, overlay=False)
-                fastos.close(with_lock)
+                _discard(paths, created, with_lock)
                 debug.log(f"VM pid {pid} removed")
             else:
                 debug.log(f"VM pid {pid} never answered; another call holds {paths.lock}: left to it")
         raise
-    return session(flake, call, sock)
 
 
 def launch(app: str, argv: list[str]) -> int:
@@ -452,12 +675,14 @@ def launch(app: str, argv: list[str]) -> int:
             f"{paths.sock}_{call.port}: longer than a Unix socket path may be; "
             "use a shorter @NAME or firecracker_ids_dir"
         )
+    if flake.vmm != "qemu":
+        check_kvm()  # before anything is made for the instance
     reaped = instances.gc(state_dir)
     if reaped:
         debug.log(f"reaped stale instances: {', '.join(reaped)}")
     if flake.resume:
-        return run_resume(flake, call, paths, uid, flake.binary)
-    return run_oneshot(flake, call, paths, uid, flake.binary)
+        return run_resume(flake, call, paths, uid)
+    return run_oneshot(flake, call, paths, uid)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 KIND = "firecracker"
-SHAPE = 1  # bump when the fields below change
+SHAPE = 2  # bump when the fields below change
 
 
 class _Record:
@@ -76,8 +76,24 @@ class Plan:
         "firecracker",
         "ids_dir",
         "binary",
+        "vmm",
+        "console",
+        "network",
+        "qemu_binary",
     )
-    _PLAIN = ("app", "config_file", "target_app_path", "resume", "force_vsock", "ids_dir", "binary")
+    _PLAIN = (
+        "app",
+        "config_file",
+        "target_app_path",
+        "resume",
+        "force_vsock",
+        "ids_dir",
+        "binary",
+        "vmm",
+        "console",
+        "network",
+        "qemu_binary",
+    )
 
     app: str
     config_file: str
@@ -88,6 +104,10 @@ class Plan:
     firecracker: Runtime
     ids_dir: str  # generic.firecracker_ids_dir of the scope in use
     binary: str  # generic.firecracker_binary
+    vmm: str  # vm.runtime.vmm: firecracker or qemu
+    console: bool | None  # vm.runtime.console (None: unset)
+    network: str  # vm.runtime.network (QEMU): user or tap
+    qemu_binary: str  # generic.qemu_binary
 
     def __init__(self, d: dict[str, object]) -> None:
         for key in self._PLAIN:
@@ -131,6 +151,10 @@ def from_flake(flake: "VmFlake", cfg: "Settings") -> Plan:
             },
             "ids_dir": cfg.firecracker_ids_dir,
             "binary": cfg.firecracker_binary,
+            "vmm": flake.vmm,
+            "console": flake.console,
+            "network": flake.network,
+            "qemu_binary": cfg.qemu_binary,
         }
     )
 

@@ -38,6 +38,16 @@ class Instance:
         self.mac = mac
 
 
+def session_mode(flake: "Vm") -> bool:
+    """True: every call is a sci session (vsock, virtio-serial); False: the serial console
+    compatibility mode (run= on the kernel command line, no exit status, merged output).
+
+    ``vm.runtime.console: false`` (written by flake-ctl for images with our sci) asks for sessions,
+    ``true`` for the console; unset (the original's files) keeps the original's rule: sessions only
+    with resume or force_vsock."""
+    return bool(flake.resume or flake.force_vsock or flake.console is False)
+
+
 def wants_network(flake: "Vm") -> bool:
     """Networking is on iff the boot args configure it (``ip=...``); otherwise no NIC at all."""
     return any(arg.startswith("ip=") for arg in flake.firecracker.boot_args)
@@ -70,7 +80,7 @@ def run_command(flake: "Vm", args: list[str]) -> str:
 
             raise UsageError(
                 f"{flake.app}: argument {word!r} cannot travel on the serial console's kernel command line "
-                "(no '\"' or control characters); register the flake with force_vsock"
+                "(no '\"' or control characters); use a sci session (vm.runtime.console: false)"
             )
     return " ".join(quote(w) for w in words)
 
@@ -83,9 +93,15 @@ def boot_args(
     debug: bool = False,
     term: str | None = None,
     winsize: tuple[int, int] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> str:
-    """The kernel command line: registration boot args plus what sci needs for this call."""
-    vsock = flake.resume or flake.force_vsock  # False: serial console, run= on the kernel cmdline
+    """The kernel command line: registration boot args plus what sci needs for this call.
+
+    Under QEMU (``flake.vmm == "qemu"``) sessions travel over virtio-serial ports, not vsock, and
+    ``acpi=off`` is dropped (the microvm machine announces its virtio-mmio devices through ACPI).
+    *extra*: arguments the engine adds (QEMU TCG's timer calibration)."""
+    vsock = session_mode(flake)  # False: serial console, run= on the kernel cmdline
+    qemu = flake.vmm == "qemu"
     out: list[str] = []
     if debug:
         out.append("PILOT_DEBUG=1")
@@ -95,7 +111,10 @@ def boot_args(
         out.append(f"sci_term={term}")
     if winsize and winsize[0] > 0 and winsize[1] > 0:
         out += [f"sci_lines={winsize[0]}", f"sci_columns={winsize[1]}"]
+    out += extra
     for arg in flake.firecracker.boot_args:
+        if qemu and arg == "acpi=off":
+            continue
         if vsock and not debug and arg.startswith("console="):
             arg = "console="  # the serial console is not the app's terminal: keep boot quiet and fast
         out.append(arg)
@@ -110,14 +129,19 @@ def boot_args(
             out.append("quiet")
         if not any(a.startswith("loglevel=") for a in out):
             out.append("loglevel=0")
-    out.append("run=vsock" if vsock else f'run="{run_command(flake, args)}"')
+    if not vsock:
+        out.append(f'run="{run_command(flake, args)}"')
+    elif qemu:
+        out.append("sci_transport=virtio-serial")
+    else:
+        out.append("run=vsock")
     cmdline = " ".join(out)
     if len(cmdline.encode()) > CMDLINE_MAX - 128:  # Firecracker appends root=/dev/vda ro virtio_mmio...
         from ..errors import UsageError
 
         raise UsageError(
             f"{flake.app}: kernel command line is {len(cmdline)} bytes, more than the "
-            f"{CMDLINE_MAX - 128} that fit; pass long arguments over vsock (force_vsock)"
+            f"{CMDLINE_MAX - 128} that fit; pass long arguments in a sci session (vm.runtime.console: false)"
         )
     return cmdline
 

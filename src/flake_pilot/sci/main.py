@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"sci {VERSION}\n")
         return 0
     pid1 = os.getpid() == 1
+    if pid1:
+        _std_fds()
     if args and not pid1:  # as init, argv holds the kernel's flag parameters: read from /proc/cmdline
         sys.stderr.write("usage: sci [--version]  (init; settings from the kernel command line)\n")
         return 2
@@ -37,6 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     if pid1:
         system.poweroff(state.reset, state.watch)
     return rc
+
+
+def _std_fds() -> None:
+    """Without a console (``console=``, as the launchers boot session VMs) the kernel starts init
+    without fds 0-2: put /dev/null there, or the first pipes of a session would land on them."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                null = os.open("/dev/null", os.O_RDWR)
+            except OSError:
+                return
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 class _State:

@@ -1,4 +1,6 @@
 # flake-pilot. The two set-up commands: `make demo` and `make test` (Debian 12, as root).
+# `make check`: lint and the tests that need neither root nor an engine (unprivileged, changes nothing
+# on the host: it writes only into the checkout and the temp dir).
 PREFIX ?= /usr/local
 DESTDIR ?=
 SYSCONFDIR ?= /etc
@@ -7,8 +9,11 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 HOSTPY ?= /usr/bin/python3
 PYTEST_ARGS ?=
+# the tests `make check` leaves out: markers (pyproject.toml) set from what a test uses (tests/conftest.py)
+NOT_QUICK := root or podman or firecracker or qemu or build
+SHELL_SCRIPTS = $(shell grep -l '^\#!.*\bbash\b' scripts/* .ci/run)
 
-.PHONY: all venv setup setup-test demo test lint install uninstall clean man completion deb
+.PHONY: all venv setup setup-test demo check test lint install uninstall clean man completion deb
 
 all: venv
 
@@ -18,23 +23,31 @@ setup:
 setup-test:
 	bash scripts/setup-host.sh --test
 
-$(PY): pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(HOSTPY) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	touch $(PY)
+	touch $@
 
-venv: $(PY)
+venv: $(VENV)/.installed
 
 demo: setup venv
 	bash scripts/demo.sh $(VENV)
 
-test: setup-test venv
+check: lint
+	$(PY) -m pytest -m "not ($(NOT_QUICK))" --tier=check $(PYTEST_ARGS)
+
+test: setup-test lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# shellcheck comes with `make setup-test` (Debian: shellcheck); `make check` installs nothing, so
+# where it is missing only that step is left out, saying so
 lint: venv
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
+	@if command -v shellcheck >/dev/null; then echo shellcheck $(SHELL_SCRIPTS); shellcheck $(SHELL_SCRIPTS); \
+	else echo "lint: shellcheck is not installed (make setup-test, or apt-get install shellcheck): scripts/ not checked" >&2; fi
 
 # man pages and completion scripts, generated from the parser and docstrings (into build/)
 man: venv

@@ -22,13 +22,13 @@ for tool in apt-get dpkg-deb cpio gzip lz4 mkfs.ext4 debugfs; do
 done
 
 fetch() {  # fetch PKG -> path of its .deb in $G/dl
-  local deb
-  deb=$(ls "$G/dl/$1"_*.deb 2>/dev/null | head -1 || true)
-  if [ -z "$deb" ]; then
+  local debs
+  debs=("$G/dl/$1"_*.deb)
+  if [ ! -e "${debs[0]}" ]; then
     (cd "$G/dl" && apt-get download "$1" >/dev/null 2>&1) || { log "apt-get download $1 failed"; exit 1; }
-    deb=$(ls "$G/dl/$1"_*.deb | head -1)
+    debs=("$G/dl/$1"_*.deb)
   fi
-  echo "$deb"
+  echo "${debs[0]}"
 }
 
 KPKG=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
@@ -82,7 +82,7 @@ if [ ! -s "$G/initrd.cpio.gz" ] || [ ! -c "$G/initrd.d/dev/console" ] \
         drivers/char/virtio_console net/vmw_vsock/vsock net/vmw_vsock/vmw_vsock_virtio_transport_common
         net/vmw_vsock/vmw_vsock_virtio_transport fs/overlayfs/overlay"
   for m in $MODS; do
-    f=$(ls "$M/$m.ko"* | head -1)
+    f=$(find "$M/$(dirname "$m")" -maxdepth 1 -name "$(basename "$m").ko*" | head -1)
     case $f in *.xz) xz -dc "$f" > "$I/lib/modules/$(basename "$m").ko";; *) cp "$f" "$I/lib/modules/";; esac
   done
   mknod -m 600 "$I/dev/console" c 5 1  # the kernel opens it as fd 0/1/2 of /init (and so of sci)

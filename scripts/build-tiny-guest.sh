@@ -8,8 +8,9 @@
 # Idempotent. Usage: scripts/build-tiny-guest.sh [DEST_DIR]   (default /var/tmp/flake-pilot/guest)
 set -euo pipefail
 DEST=${1:-${FLAKE_STATE:-/var/tmp/flake-pilot}/guest}
-command -v as >/dev/null && command -v ld >/dev/null \
-  || { echo "build-tiny-guest: 'as' and 'ld' are needed (apt-get install binutils)" >&2; exit 1; }
+if ! command -v as >/dev/null || ! command -v ld >/dev/null; then
+  echo "build-tiny-guest: 'as' and 'ld' are needed (apt-get install binutils)" >&2; exit 1
+fi
 mkdir -p "$DEST"
 src="$DEST/tiny.S"
 cat > "$src.new" <<'ASM'

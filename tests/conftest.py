@@ -1,10 +1,21 @@
 """Shared fixtures: real podman with this machine's settings, a tiny busybox image,
-a private flake prefix per test (FLAKES_CONFIG), and helpers to run the installed programs."""
+a private flake prefix per test (FLAKES_CONFIG), and helpers to run the installed programs.
+
+Every fixture reaches the tests one way: defined here or in a fixture module named in
+``pytest_plugins`` below; test modules import helpers (classes, functions), never fixtures.
+
+The tiers: a test is marked from what it uses (``FIXTURE_MARKS``: the fixtures it requests,
+directly or through other fixtures; a module's ``pytestmark`` where it drives an engine or
+needs root by itself). ``make check`` runs the tests carrying none of those markers, unprivileged
+and without touching the host; ``make test`` runs everything. What a test needs from the host
+is checked with ``need()``: a clear failure in ``make test``, a skip naming it in ``make check``.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -15,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+import reliability
+
 STATE = Path(os.environ.get("FLAKE_STATE", "/var/tmp/flake-pilot"))
 BIN = Path(sys.executable).parent  # the venv's bin: flake-ctl, podman-pilot, ...
 TEST_USER = os.environ.get("FLAKE_TEST_USER", "flaketest")
@@ -22,8 +35,85 @@ BB_IMAGE = "localhost/flake-test/bb:latest"
 STORAGE = STATE / "test-storage"
 
 
-def _podman_available() -> bool:
-    return shutil.which("podman") is not None
+pytest_plugins = ["registry", "firecracker_fixtures", "fc_ctl_fixtures"]
+
+# marker: what the tests carrying it use (registered in pyproject.toml, --strict-markers)
+# fixture -> the markers of every test that requests it (directly or through other fixtures)
+FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
+    "system_storage": ("root", "podman"),  # root's podman storage under the state dir
+    "local_registry": ("podman",),
+    "firecracker_bin": ("firecracker",),
+    "tiny_guest": ("firecracker",),
+    "kvm": ("firecracker",),
+    "user_home": ("root",),  # switches to the test user
+}
+
+_tier = "full"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tier",
+        choices=("full", "check"),
+        default="full",
+        help="full (make test, the default): a test whose setup is missing (a tool scripts/setup-host.sh --test "
+        "installs, root, the test user, /dev/kvm) fails, reliability records go to the state dir; check (make "
+        "check): such a test is skipped with the reason, records stay in the run's temp dir",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _tier
+    _tier = config.getoption("tier")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {m for name in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKS.get(name, ())}
+        for mark in sorted(marks - {m.name for m in item.iter_markers()}):
+            item.add_marker(mark)
+
+
+def need(ok: object, what: str) -> None:
+    """A test's precondition on the host: where *ok* is false, fail naming *what* is missing and
+    how to get it (``make test``: the setup must provide it), or skip with that reason
+    (``--tier=check``, ``make check``)."""
+    if ok:
+        return
+    if _tier == "check":
+        pytest.skip(what)
+    pytest.fail(what, pytrace=False)
+
+
+def need_root(why: str) -> None:
+    need(os.geteuid() == 0, f"needs root: {why}")
+
+
+def need_program(name: str, package: str, path: str | None = None) -> str:
+    """The path of program *name* (looked up in *path*, default PATH), which
+    ``scripts/setup-host.sh --test`` installs (Debian *package*)."""
+    found = shutil.which(name, path=path)
+    need(found, f"{name} is not installed: run `make setup-test` (scripts/setup-host.sh --test installs {package})")
+    return str(found)
+
+
+def need_test_user() -> pwd.struct_passwd:
+    """The rootless test user, created by ``scripts/setup-host.sh --test``; switching to it needs root."""
+    need_root(f"the test switches to the unprivileged test user {TEST_USER}")
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        need(False, f"test user {TEST_USER} missing: run `make setup-test` (scripts/setup-host.sh --test creates it)")
+        raise  # not reached: need() failed or skipped
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reliability_records(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """reliability.record() writes to the state dir in ``make test`` (root); ``make check`` and any
+    unprivileged run keep their records in the run's pytest temp dir."""
+    if "FLAKE_RELIABILITY_RESULTS" not in os.environ and (_tier == "check" or os.geteuid() != 0):
+        reliability.RESULTS = tmp_path_factory.getbasetemp() / "reliability-results"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -131,8 +221,8 @@ def import_image(tag: str, tar_bytes: bytes, storage: Path | None) -> None:
 @pytest.fixture(scope="session")
 def system_storage() -> Path:
     """The podman storage.conf shared by the root tests (images are built once per session)."""
-    if not _podman_available():
-        pytest.fail("podman is not installed: run `make test` (scripts/setup-host.sh --test installs it)")
+    need_program("podman", "podman")
+    need_root("the podman tests share root's image storage under the state dir")
     return storage_conf(STORAGE / "root")
 
 

@@ -1,7 +1,8 @@
 """Fixtures for firecracker-pilot tests: the real Firecracker binary (pinned download), the tiny
 bare-metal guests, and a private flake prefix with VM registrations written as YAML.
 
-Import the fixtures into a test module with ``from firecracker_fixtures import ...``.
+The fixtures are loaded by ``conftest.py`` (``pytest_plugins``); test modules import the helpers
+(``VmPrefix``, ``alive``, ``wait_for``) from here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, STATE, Prefix, make_prefix
+from conftest import BIN, STATE, Prefix, make_prefix, need
 
 ROOT = Path(__file__).resolve().parent.parent
 FC_BIN = STATE / "bin" / "firecracker"
@@ -31,8 +32,7 @@ def firecracker_bin() -> Path:
         text=True,
         timeout=300,
     )
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/get-firecracker.sh failed: {proc.stderr.strip()}")
+    need(proc.returncode == 0, f"scripts/get-firecracker.sh failed: {proc.stderr.strip()}")
     return FC_BIN
 
 
@@ -45,16 +45,16 @@ def tiny_guest() -> dict[str, Path]:
         text=True,
         timeout=120,
     )
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/build-tiny-guest.sh failed: {proc.stderr.strip()}")
+    need(proc.returncode == 0, f"scripts/build-tiny-guest.sh failed: {proc.stderr.strip()}")
     return {"reset": GUEST_DIR / "tiny.elf", "hang": GUEST_DIR / "tiny-hang.elf"}
 
 
 @pytest.fixture(scope="session")
 def kvm(firecracker_bin: Path, tiny_guest: dict[str, Path]) -> None:
-    """Skip (saying why) only where no VM can run at all: no usable /dev/kvm."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("/dev/kvm is missing or not accessible: Firecracker cannot start any VM on this host")
+    """A usable /dev/kvm: without it Firecracker cannot start any VM on this host."""
+    need(
+        os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is missing or not accessible: Firecracker cannot start a VM"
+    )
 
 
 @dataclass

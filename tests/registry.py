@@ -1,8 +1,8 @@
 """A real local OCI registry (Debian's docker-registry) on 127.0.0.1 for pull tests.
 
-Use in a test module: ``from registry import local_registry  # noqa: F401`` and take the
-fixture ``local_registry``. Config and data live in a world-readable temp dir (the rootless
-test user reads ``registries_conf`` too); the server is stopped at the end of the session.
+The fixture ``local_registry`` (loaded by ``conftest.py``) yields a ``Registry``. Config and data
+live in a world-readable temp dir (the rootless test user reads ``registries_conf`` too); the
+server is stopped at the end of the session.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from conftest import need_program
 
 REGISTRY_BIN = "docker-registry"
 
@@ -63,9 +65,7 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: flo
 
 @pytest.fixture(scope="session")
 def local_registry() -> Iterator[Registry]:
-    binary = shutil.which(REGISTRY_BIN)
-    if binary is None:
-        pytest.fail("docker-registry is not installed: run `make test` (scripts/setup-host.sh --test installs it)")
+    binary = need_program(REGISTRY_BIN, "docker-registry")
     root = Path(tempfile.mkdtemp(prefix="flake-registry-", dir="/var/tmp"))
     root.chmod(0o755)
     port = _free_port()

@@ -12,15 +12,17 @@ import pytest
 import yaml
 
 import flake_pilot
-from conftest import check_preload, imported
+from conftest import check_preload, imported, need
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTPY = "/usr/bin/python3"
 
 
+pytestmark = pytest.mark.build
+
+
 def install(destdir: str, prefix: str, sysconfdir: str) -> subprocess.CompletedProcess:
-    if not os.access(HOSTPY, os.X_OK):
-        pytest.fail(f"{HOSTPY} missing: install.sh installs for the system Python (Debian python3)")
+    need(os.access(HOSTPY, os.X_OK), f"{HOSTPY} missing: install.sh installs for the system Python (Debian python3)")
     return subprocess.run(
         ["bash", str(ROOT / "scripts/install.sh"), destdir, prefix, sysconfdir],
         capture_output=True,

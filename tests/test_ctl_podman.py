@@ -13,7 +13,7 @@ import pytest
 
 from conftest import BIN, Prefix, busybox_rootfs_tar, import_image, make_prefix, podman, storage_conf
 from flake_pilot import flakeconf
-from registry import Registry, local_registry  # noqa: F401 - fixture
+from registry import Registry
 
 
 def unmount_under(root: Path) -> None:
@@ -146,7 +146,7 @@ def test_pull_from_local_registry(
     system_storage: Path,
     bb_image: str,
     private_store: Path,
-    local_registry: Registry,  # noqa: F811 - fixture
+    local_registry: Registry,
 ) -> None:
     ref = local_registry.push(bb_image, "tools/bb:1", storage=system_storage)
     store = private_store

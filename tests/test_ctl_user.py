@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -16,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, TEST_USER, podman
-from registry import Registry, local_registry  # noqa: F401 - fixture
+from conftest import BIN, TEST_USER, need_test_user, podman
+from registry import Registry
 
 
 @dataclass
@@ -68,12 +67,12 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
+pytestmark = pytest.mark.root  # each test runs flake-ctl as the rootless test user
+
+
 @pytest.fixture
 def user() -> Iterator[User]:
-    try:
-        pw = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        pytest.fail(f"test user {TEST_USER} missing: run `make test` (scripts/setup-host.sh --test creates it)")
+    pw = need_test_user()
     root = Path(tempfile.mkdtemp(prefix="flake-user-", dir="/var/tmp"))
     root.chmod(0o755)
     home = root / "home"
@@ -130,7 +129,7 @@ def test_user_flakes_end_to_end(
     archive: Path,
     bb_image: str,
     system_storage: Path,
-    local_registry: Registry,  # noqa: F811 - fixture
+    local_registry: Registry,
 ) -> None:
     ok(user.ctl("init", "--user"))
     loaded = ok(user.ctl("podman", "--user", "load", "--oci", str(archive)))

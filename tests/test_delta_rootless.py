@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STATE, TEST_USER, podman, storage_conf
+from conftest import STATE, TEST_USER, need_test_user, podman, storage_conf
 from test_delta import APP, BASE, HOSTDIR, L1, L2, build_images, registration
 
 
@@ -61,10 +60,7 @@ class User:
 
 @pytest.fixture(scope="module")
 def user(system_storage: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
-    try:
-        pw = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        pytest.fail(f"test user {TEST_USER} missing: run `make test` (scripts/setup-host.sh --test creates it)")
+    pw = need_test_user()
     build_images(system_storage, tmp_path_factory.mktemp("delta-build"))
     root = Path(tempfile.mkdtemp(prefix="delta-rootless-", dir=STATE))
     root.chmod(0o755)

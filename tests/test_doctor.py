@@ -118,17 +118,14 @@ def test_csv_and_config_error(prefix: Prefix, tmp_path: Path) -> None:
     assert json.loads(proc.stdout)[0]["status"] == "fail" and str(broken) in proc.stdout
 
 
+@pytest.mark.root
 def test_user_mode_as_a_rootless_user(tmp_path: Path) -> None:
     """`doctor --user` as the rootless test user: subuid/subgid judged from /etc/subuid, /etc/subgid."""
-    import pwd
     import subprocess
 
-    from conftest import BIN, TEST_USER
+    from conftest import BIN, TEST_USER, need_test_user
 
-    try:
-        user = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        pytest.fail(f"test user {TEST_USER} missing: run `make setup-test` (scripts/setup-host.sh --test)")
+    user = need_test_user()
     env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "LANG": "C.UTF-8"}
     if "CONTAINERS_CONF" in os.environ:
         env["CONTAINERS_CONF"] = os.environ["CONTAINERS_CONF"]

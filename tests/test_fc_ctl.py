@@ -19,66 +19,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, TEST_USER, Prefix, make_prefix
+from conftest import BIN, TEST_USER, Prefix, need_test_user
+from fc_ctl_fixtures import launcher_stub, registry, snapshot
 from flake_pilot import flakeconf
-from https_server import Site, debugfs_cat, ext4_image, fsck_clean, kis_members, kis_tarball, make_cert, serve
+from https_server import Site, debugfs_cat, fsck_clean, kis_members, kis_tarball, serve
 
 STATE = Path(os.environ.get("FLAKE_STATE", "/var/tmp/flake-pilot"))
-
-
-@pytest.fixture(scope="session")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_cert(tmp_path_factory.mktemp("cert"))
-
-
-@pytest.fixture(scope="session")
-def rootfs_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = ext4_image(tmp_path_factory.mktemp("img") / "rootfs.ext4", {"usr/bin/python3": b"#!fake\n"})
-    return path.read_bytes()
-
-
-def _launcher_stub(bin_dir: Path) -> None:
-    """firecracker-pilot must exist for a registration; use the installed one, else a stub."""
-    if not (BIN / "firecracker-pilot").exists():
-        stub = bin_dir / "firecracker-pilot"
-        stub.write_text("#!/bin/sh\necho 'firecracker-pilot stub' >&2\nexit 125\n")
-        stub.chmod(0o755)
-
-
-@pytest.fixture
-def fc(tmp_path: Path, cert: tuple[Path, Path]) -> Prefix:
-    p = make_prefix(tmp_path / "prefix", tmp_path / "storage.conf")
-    p.env["SSL_CERT_FILE"] = str(cert[0])
-    p.env.pop("FLAKE_ALLOW_INSECURE_TRANSPORT", None)
-    p.env["NO_PROGRESS"] = "1"
-    p.env["no_proxy"] = "localhost,127.0.0.1"  # the local test server, even where a proxy is configured
-    _launcher_stub(p.bin_dir)
-    return p
-
-
-def registry(p: Prefix) -> Path:
-    return p.root / "firecracker"
-
-
-def snapshot(p: Prefix) -> dict[str, str]:
-    """Every file under the registry with its sha256 (lock files aside)."""
-    result = {}
-    for path in sorted(registry(p).rglob("*")):
-        if path.name.endswith(".lock"):
-            continue
-        rel = str(path.relative_to(registry(p)))
-        result[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-    return result
 
 
 def assert_clean(p: Prefix) -> None:
     leftovers = [e for e in os.listdir(registry(p)) if e.startswith((".pull-", ".trash-"))]
     assert leftovers == []
-
-
-@pytest.fixture
-def kis_site(rootfs_bytes: bytes) -> Site:
-    return Site(files={"/leap.tar.xz": kis_tarball(kis_members(rootfs_bytes))})
 
 
 # -- pull --------------------------------------------------------------------------------------------
@@ -464,21 +415,14 @@ def test_show_tells_running_from_stopped_and_reused_pids(pulled: Prefix, fake_fi
 @pytest.fixture
 def user_home(cert: tuple[Path, Path]) -> Iterator[tuple[Path, dict[str, str]]]:
     """A home for the unprivileged test user (tmp_path is private to root)."""
-    if os.getuid() != 0:
-        pytest.skip("user-mode tests switch to the test user with runuser and need root")
-    try:
-        import pwd
-
-        pw = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        pytest.fail(f"test user {TEST_USER!r} missing: run `make test` (scripts/setup-host.sh --test creates it)")
+    pw = need_test_user()
     STATE.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="fc-user-", dir=STATE))
     os.chmod(home, 0o755)
     shutil.copy(cert[0], home / "cert.pem")
     (home / "bin").mkdir()
     (home / "sys").mkdir()
-    _launcher_stub(home / "bin")
+    launcher_stub(home / "bin")
     (home / "sys" / "flakes.yml").write_text(
         f"generic:\n  firecracker_ids_dir: {home / 'ids'}\n  firecracker_registry_dir: {home / 'sysreg'}\n"
     )

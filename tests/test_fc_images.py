@@ -32,11 +32,6 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")  # the local test server, even behind a proxy
 
 
-@pytest.fixture(scope="session")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_cert(tmp_path_factory.mktemp("cert"))
-
-
 def _archive(tmp_path: Path, members: dict[str, bytes], compression: str = "xz") -> str:
     path = tmp_path / "image.tar.xz"
     path.write_bytes(kis_tarball(members, compression))

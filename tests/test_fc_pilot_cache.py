@@ -8,8 +8,6 @@ from pathlib import Path
 
 from firecracker_fixtures import VmPrefix
 
-pytest_plugins = ["firecracker_fixtures"]
-
 
 def imported(stderr: str) -> set[str]:
     return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")}

@@ -20,7 +20,6 @@ from pathlib import Path
 from firecracker_fixtures import VmPrefix, alive, wait_for
 from flake_pilot.sci import reaper, session
 
-pytest_plugins = ["firecracker_fixtures"]
 GUEST_ENV = {"PATH": "/usr/bin:/bin"}
 
 

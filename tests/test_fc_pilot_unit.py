@@ -253,12 +253,12 @@ def test_overlay_sparse_with_includes(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("o.ext2.")] == []  # no leftovers
 
     def cat(path: str) -> str:
-        cmd = ["debugfs", "-R", f"cat {path}", str(img)]
+        cmd = ["/usr/sbin/debugfs", "-R", f"cat {path}", str(img)]
         return subprocess.run(cmd, capture_output=True, text=True).stdout
 
     assert cat("/rootfs_upper/etc/from-tar") == "from-tar\n"
     assert cat(f"/rootfs_upper{src}/sub/f.txt") == "from-path\n"
-    listing = subprocess.run(["debugfs", "-R", "ls /", str(img)], capture_output=True, text=True).stdout
+    listing = subprocess.run(["/usr/sbin/debugfs", "-R", "ls /", str(img)], capture_output=True, text=True).stdout
     assert {"rootfs", "rootfs_upper", "rootfs_work"} <= set(listing.split())
 
 

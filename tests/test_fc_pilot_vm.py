@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TEST_USER, need_root, need_test_user
 from firecracker_fixtures import VmPrefix, alive, wait_for
-
-pytest_plugins = ["firecracker_fixtures"]
 
 
 def virtio_devices(cmdline: str) -> int:
@@ -187,8 +186,7 @@ def test_resume_vm_outlives_caller_session(vm_prefix: VmPrefix) -> None:
 
 
 def test_tap_created_attached_and_removed(vm_prefix: VmPrefix) -> None:
-    if os.getuid() != 0:
-        pytest.skip("creating TAP devices needs root (CAP_NET_ADMIN); run the tests as root")
+    need_root("creating TAP devices needs CAP_NET_ADMIN")
     vm_prefix.register("net", guest="hang", boot_args=("console=ttyS0", "ip=dhcp"))
     dev = Path("/sys/class/net/tap-net@t1")
     assert not dev.exists()
@@ -207,8 +205,7 @@ def test_tap_created_attached_and_removed(vm_prefix: VmPrefix) -> None:
 
 
 def test_tap_existing_device_kept(vm_prefix: VmPrefix) -> None:
-    if os.getuid() != 0:
-        pytest.skip("creating TAP devices needs root (CAP_NET_ADMIN); run the tests as root")
+    need_root("creating TAP devices needs CAP_NET_ADMIN")
     subprocess.run(["ip", "tuntap", "add", "dev", "tap-net2", "mode", "tap"], check=True)
     try:
         static_ip = "ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off"
@@ -223,16 +220,7 @@ def test_tap_existing_device_kept(vm_prefix: VmPrefix) -> None:
 
 def _as_test_user(vm_prefix: VmPrefix, tmp_path: Path, app: str) -> tuple[subprocess.CompletedProcess[str], int]:
     """Run *app* as the unprivileged test user (no /dev/kvm access, no CAP_NET_ADMIN)."""
-    if os.getuid() != 0:
-        pytest.skip("needs root to switch to the unprivileged test user")
-    import pwd
-
-    from conftest import TEST_USER
-
-    try:
-        user = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        pytest.fail(f"test user {TEST_USER} missing: run scripts/setup-host.sh --test")
+    user = need_test_user()
     vm_prefix.prefix.ids_dir.mkdir(mode=0o755)
     os.chmod(vm_prefix.prefix.ids_dir, 0o1777)  # like /tmp/flakes: shared base, private <uid> dirs
     for p in (tmp_path, *tmp_path.parents):

@@ -10,12 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import flake_pilot
-from conftest import check_preload, imported
-
-pytest_plugins = ["firecracker_fixtures"]
+from conftest import check_preload, imported, need
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTPY = "/usr/bin/python3"
@@ -25,8 +21,7 @@ NOT_AT_LAUNCH = {"os", "__future__", "typing", "subprocess", "yaml", "_yaml", "s
 def test_installed_launcher_warm_launch_imports(
     tmp_path: Path, kvm: None, firecracker_bin: Path, tiny_guest: dict[str, Path]
 ) -> None:
-    if not os.access(HOSTPY, os.X_OK):
-        pytest.fail(f"{HOSTPY} missing: install.sh installs for the system Python (Debian python3)")
+    need(os.access(HOSTPY, os.X_OK), f"{HOSTPY} missing: install.sh installs for the system Python (Debian python3)")
     prefix = tmp_path / "usr"
     done = subprocess.run(
         ["bash", str(ROOT / "scripts/install.sh"), "", str(prefix), str(tmp_path / "etc")],

@@ -24,7 +24,7 @@ from flake_pilot import flakeconf, names, yamlio
 from flake_pilot.errors import FlakeError, UsageError
 from flake_pilot.podman import argv, pilot
 from flake_pilot.podman.plan import Plan
-from reliability import record, regenerate_report  # noqa: F401 - session fixture
+from reliability import record
 
 EXAMPLES = int(os.environ.get("FLAKE_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(

@@ -20,7 +20,7 @@ import yaml
 
 from conftest import BB_IMAGE, BIN, Prefix
 from flake_pilot.errors import EXIT_CODES
-from reliability import record, regenerate_report  # noqa: F401 - session fixture
+from reliability import record
 
 LAUNCHER = BIN / "podman-pilot"
 GOOD = {

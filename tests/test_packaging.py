@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BB_IMAGE, STATE, Prefix
+from conftest import BB_IMAGE, STATE, Prefix, need, need_program
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # no pyenv/venv: the build must use Debian's python3
@@ -68,6 +68,9 @@ def installed_version() -> str | None:
     return proc.stdout.split()[-1]
 
 
+pytestmark = pytest.mark.build
+
+
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two builds of this tree: the changelog's version and a bumped one (for the upgrade)."""
@@ -80,8 +83,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture
 def purge_after() -> Iterator[None]:
     before = installed_version()
-    if before is not None:
-        pytest.fail(f"{PKG} {before} is already installed on this machine; purge it first (dpkg --purge {PKG})")
+    need(before is None, f"{PKG} {before} is already installed on this machine; purge it first (dpkg --purge {PKG})")
     yield
     subprocess.run(["dpkg", "--purge", PKG], capture_output=True, env=clean_env(), timeout=300)
 
@@ -203,9 +205,7 @@ def test_pip_install(tmp_path: Path, prefix: Prefix, bb_image: str) -> None:
 
 
 def test_pipx_install(tmp_path: Path, prefix: Prefix, bb_image: str) -> None:
-    pipx = shutil.which("pipx", path=SYSTEM_PATH)
-    if pipx is None:
-        pytest.fail("pipx is not installed: run `make setup-test` (scripts/setup-host.sh --test installs it)")
+    pipx = need_program("pipx", "pipx", path=SYSTEM_PATH)
     src = copy_tree(tmp_path / "src")
     env = clean_env(
         PIPX_HOME=str(tmp_path / "pipx"),

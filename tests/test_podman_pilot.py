@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from podman_scopes import LAUNCHER, Scope, prepare_user, remove_user_scope, root_scope, user_scope
-from registry import Registry, local_registry  # noqa: F401 - the fixture
+from registry import Registry
 
 
 @pytest.fixture
@@ -293,7 +293,7 @@ def test_changed_registration_replaces_an_idle_resume_instance(scope: Scope) -> 
 def test_missing_image_is_pulled_at_first_launch(
     scope: Scope,
     bb_image: str,
-    local_registry: Registry,  # noqa: F811 - the fixture
+    local_registry: Registry,
 ) -> None:
     ref = local_registry.push(bb_image, f"flaketest/pull-{uuid.uuid4().hex[:8]}:latest", scope.storage)
     assert scope.podman("image", "exists", ref).returncode != 0

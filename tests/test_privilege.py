@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import uuid
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, need_program
 from podman_scopes import USER_HOME, Scope, prepare_user, remove_user_scope, root_scope, user_scope
-from reliability import record, regenerate_report  # noqa: F401 - session fixture
+from reliability import record
 
 SUDO_TRAP = '#!/bin/sh\necho "$@" >> "$(dirname "$0")/sudo-called"\nexit 1\n'
 
@@ -78,9 +77,7 @@ def test_user_mode_flow_needs_no_root(uscope: Scope) -> None:
         "user-mode flow as the rootless user, sudo trapped (register, resume, one-shot, show, remove)",
         count=1,
     ) as rec:
-        sudo = shutil.which("sudo", path="/usr/bin:/bin")
-        if sudo is None:
-            pytest.fail("sudo is not installed: run `make test` (scripts/setup-host.sh --test installs it)")
+        sudo = need_program("sudo", "sudo", path="/usr/bin:/bin")
         assert (
             subprocess.run(
                 [sudo, "-n", "-l"],

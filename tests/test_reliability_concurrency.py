@@ -15,7 +15,7 @@ import yaml
 
 from conftest import BB_IMAGE, Prefix
 from podman_scopes import Scope, root_scope
-from reliability import record, regenerate_report  # noqa: F401 - session fixture
+from reliability import record
 
 N = 16
 

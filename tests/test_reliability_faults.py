@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BB_IMAGE, Prefix, podman
+from conftest import BB_IMAGE, Prefix, need_root, podman
 from podman_scopes import LAUNCHER, Scope, root_scope
-from reliability import record, regenerate_report  # noqa: F401 - session fixture
+from reliability import record
 
 REAL_PODMAN = subprocess.run(["sh", "-c", "command -v podman"], capture_output=True, text=True).stdout.strip()
 
@@ -283,13 +283,8 @@ def test_sigkill_during_provisioning(scope: Scope, tmp_path: Path, delta: None, 
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=1777", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (tests run as root): {done.stderr.strip()}")
+    need_root("mounting a small tmpfs")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=1777", "tmpfs", str(mnt)], check=True)
     try:
         yield mnt
     finally:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import time
 
 from firecracker_fixtures import VmPrefix, alive
-from reliability import record, regenerate_report  # noqa: F401 - session fixture
-
-pytest_plugins = ["firecracker_fixtures"]
+from reliability import record
 
 N = 16
 

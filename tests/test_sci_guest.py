@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need_root
 from guest import Guest, GuestImages, guest_images
+
+pytestmark = [pytest.mark.qemu, pytest.mark.root]  # guests built with debootstrap, booted under QEMU
 
 
 @pytest.fixture(scope="module")
 def images() -> Iterator[GuestImages]:
-    if os.geteuid() != 0:
-        pytest.skip("guest tests need root (build-guest.sh runs debootstrap): run `make test` as root")
+    need_root("the guest images are built with debootstrap")
     yield guest_images()
 
 

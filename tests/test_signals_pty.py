@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-import shutil
 import signal
 import struct
 import subprocess
@@ -24,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need_program
 from podman_scopes import Scope, root_scope
-from reliability import record, regenerate_report  # noqa: F401 - session fixture
+from reliability import record
 
 MODES = ["oneshot", "resume", "attach"]
 
@@ -212,9 +212,7 @@ def test_closed_terminal_hangs_up_the_app_and_leaves_no_orphan(scope: Scope, tmp
 
 @pytest.mark.parametrize("mode", ["oneshot", "resume"])
 def test_tmux_session_killed_leaves_no_orphan(scope: Scope, tmp_path: Path, mode: str) -> None:
-    tmux = shutil.which("tmux")
-    if tmux is None:
-        pytest.fail("tmux is not installed: run `make test` (scripts/setup-host.sh --test installs it)")
+    tmux = need_program("tmux", "tmux")
     with record("3", f"terminal closed (tmux kill-server): no orphan ({mode})", count=1) as rec:
         sync = tmp_path / "sync"
         sync.mkdir()

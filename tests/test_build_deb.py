@@ -10,8 +10,10 @@ in the prefix, not in /usr/bin.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,7 +219,7 @@ def test_apt_installs_from_the_repository_and_purge_leaves_nothing(
         purge(PKG)
 
 
-def test_pull_at_install_time(
+def test_pull_at_install_time_with_register_options(
     pilot: None,
     prefix: Prefix,
     versions: dict[str, str],
@@ -228,22 +230,74 @@ def test_pull_at_install_time(
     env = host_env(prefix, tmp_path, **local_registry.env())
     out = tmp_path / "out"
     out.mkdir()
-    cat = prefix.bin_dir / "fdt-pulled"
-    build(prefix, "podman", "--pull", ref, "--app", f"{cat}:/bin/cat", "--name", PULL_PKG, "--output", str(out))
+    include = tmp_path / "extra.tar"
+    with tarfile.open(include, "w") as tar:
+        data = b"shipped in the package\n"
+        info = tarfile.TarInfo("included.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    app = prefix.bin_dir / "fdt-pulled"
+    options = ("--opt", "\\--env=DEB_TEST=yes", "--include-tar", str(include))
+    build(
+        prefix, "podman", "--pull", ref, "--app", f"{app}:/bin/sh", *options, "--name", PULL_PKG, "--output", str(out)
+    )
     deb = next(out.glob("*.deb"))
     assert deb.name == f"{PULL_PKG}_1_all.deb"  # version from the tag; the host pulls its own architecture
-    assert "image.tar" not in run(["dpkg-deb", "-c", str(deb)]).stdout
+    contents = run(["dpkg-deb", "-c", str(deb)]).stdout
+    assert "image.tar" not in contents and f"/{PULL_PKG}/include/0-extra.tar" in contents
     try:
         run(["dpkg", "-i", str(deb)], env=env)
         assert len(owned_images(PULL_PKG)) == 1
         assert podman("image", "exists", ref, storage=prefix.storage, check=False).returncode != 0, "ref kept"
-        shown = subprocess.run([str(cat), "/etc/flake-version"], env=env, capture_output=True, text=True, timeout=120)
-        assert (shown.returncode, shown.stdout) == (0, "1\n"), shown.stderr
+        script = "echo $DEB_TEST; cat /etc/flake-version /included.txt"
+        shown = subprocess.run(
+            [str(app), "-c", script], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
+        assert (shown.returncode, shown.stdout) == (0, "yes\n1\nshipped in the package\n"), shown.stderr
         run(["dpkg", "--purge", PULL_PKG], env=env)
-        check_gone(prefix, PULL_PKG, [cat])
+        check_gone(prefix, PULL_PKG, [app])
         assert owned_images(PULL_PKG) == []
+        composed = podman("images", "--format", "{{.Repository}}", storage=prefix.storage).stdout.split()
+        assert f"localhost/flake-composed/{app.name}" not in composed
     finally:
         purge(PULL_PKG)
+
+
+def test_configure_refuses_a_flake_registered_by_hand_and_purge_keeps_it(
+    pilot: None, prefix: Prefix, versions: dict[str, str], tmp_path: Path
+) -> None:
+    env = host_env(prefix, tmp_path)
+    mine = prefix.bin_dir / "fdt-mine"
+    res = prefix.ctl("podman", "register", "--container", versions["1"], "--app", str(mine), "--target", "/bin/cat")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    other = tmp_path / "elsewhere" / "fdt-mine"  # another path, the same registration name
+    build(
+        prefix,
+        "podman",
+        "--container",
+        versions["2"],
+        "--app",
+        f"{other}:/bin/cat",
+        "--name",
+        PKG,
+        "--output",
+        str(out),
+    )
+    try:
+        failed = subprocess.run(
+            ["dpkg", "-i", str(next(out.glob("*.deb")))], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert failed.returncode != 0
+        assert f"flake-ctl: {other}: {prefix.flakes_dir}/fdt-mine.yaml is a flake registered outside" in failed.stderr
+        assert owned_images(PKG) == [], "a refused configure loaded the image"
+        run(["dpkg", "--purge", PKG], env=env)
+        assert status(PKG) is None
+        assert os.path.islink(mine) and "deb-v1" in (prefix.flakes_dir / "fdt-mine.yaml").read_text()
+        assert podman("image", "exists", versions["1"], storage=prefix.storage, check=False).returncode == 0
+    finally:
+        purge(PKG)
 
 
 def test_vm_package_install_show_launch_purge(

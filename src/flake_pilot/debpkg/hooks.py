@@ -163,11 +163,13 @@ def _podman_image(cfg: Settings, package: str, source: dict[str, Any]) -> str:
 def _prune_podman(cfg: Settings, package: str, keep: str | None) -> None:
     """Remove the package's other images; with *keep*, one still in use stays until next time."""
     from ..ctl.common import podman_engine
+    from ..ctl.podman import _free_composed
 
     podman, env = podman_engine(cfg)
     for name in _podman_names(podman, env, image_repo(package)):
         if name == keep:
             continue
+        _free_composed(cfg, image=name)
         done = run([*podman, "image", "rm", *([] if keep else ["--force"]), name], env=env, check=False)
         if done.returncode == 0:
             print(f"removed image {name}")
@@ -294,6 +296,10 @@ def _remove_app(cfg: Settings, engine: str, app: str) -> None:
         _clear_vm_instances(cfg, os.path.basename(app))
     registration.remove(cfg.flakes_dir, app, LAUNCHERS[engine], force=True)
     print(f"removed {app}")
+    if engine == "podman":
+        from ..ctl.podman import _free_composed
+
+        _free_composed(cfg, app=os.path.basename(app))  # images composed for its includes or layers
 
 
 def remove(engine: str, package: str) -> int:

@@ -62,6 +62,19 @@ CTL_SECTIONS: dict[str, list[tuple[str, str, str]]] = {
     "flake-ctl-firecracker-images": [_OUTPUT, _FILES],
     "flake-ctl-doctor": [("CHECKS", "flake-ctl.md", "Doctor"), _OUTPUT, _FILES],
 }
+_DEB = [
+    ("IMAGE", "packaging.md", "Image"),
+    ("APPS", "packaging.md", "Apps"),
+    ("PACKAGE", "packaging.md", "Package metadata"),
+    ("PACKAGE", "packaging.md", "Reproducible, without root"),
+    ("REPOSITORY", "packaging.md", "A local apt repository"),
+    ("ON THE HOST", "packaging.md", "What the package does on the host"),
+    _FILES,
+]
+_DEB_HOOK = [("DETAILS", "packaging.md", "What the package does on the host"), _FILES]
+for _engine in ("podman", "firecracker"):
+    CTL_SECTIONS[f"flake-ctl-{_engine}-build-deb"] = _DEB
+    CTL_SECTIONS[f"flake-ctl-{_engine}-deb-hook"] = _DEB_HOOK
 # every other flake-ctl page
 CTL_DEFAULT_SECTIONS = [_FILES]
 

@@ -93,6 +93,23 @@ def test_one_shot_vsock_session_process_contract(vm_prefix: VmPrefix) -> None:
     assert vm_prefix.files() == set()  # one-shot: VM, instance file, overlay, sockets gone
 
 
+def test_one_shot_default_for_images_with_sci_is_a_session(vm_prefix: VmPrefix) -> None:
+    """console: false (what register writes for an image whose pull installed sci), no
+    force_vsock: the one-shot call takes the same session path, nothing on the kernel cmdline."""
+    vm_prefix.register("ds", guest="hang", target="/bin/sh", runtime={"console": "false"})
+    args = ["a b", "'c'", '"d"', "new\nline", ""]
+    proc = launch(vm_prefix, "ds", "-c", 'printf "<%s>" "$@"; echo err >&2; cat; exit 9', "sh", *args, stdin="")
+    fake = FakeGuestVsock(vm_prefix.state / "sci_cmd_ds.sock")
+    try:
+        out, err = proc.communicate("x" * 300_000, timeout=30)
+    finally:
+        fake.close()
+    assert proc.returncode == 9, err
+    assert out == "".join(f"<{a}>" for a in args) + "x" * 300_000
+    assert err == "err\n" and fake.ports == [52]
+    assert vm_prefix.files() == set()
+
+
 def test_resume_vm_kept_and_reused_by_later_calls(vm_prefix: VmPrefix) -> None:
     vm_prefix.register("rs", guest="hang", resume=True, target="/bin/sh")
     env = {"PILOT_DEBUG": "1"}

@@ -31,6 +31,7 @@ import yaml
 from conftest import STATE, Prefix, make_prefix
 from guest import GuestImages, guest_images
 
+pytestmark = [pytest.mark.qemu, pytest.mark.root]  # guests built with debootstrap, booted under QEMU
 ARGS = ["a b", "'single'", '"double"', "", "new\nline", "back\\slash", "*", "$HOME", "-c"]
 
 

@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import need_program
+
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for localhost/127.0.0.1: (cert, key)."""
-    if shutil.which("openssl") is None:
-        raise RuntimeError("openssl is not installed (apt-get install openssl)")
+    need_program("openssl", "openssl")
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(

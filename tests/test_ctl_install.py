@@ -160,3 +160,53 @@ def test_installed_launcher_starts_without_site(tmp_path: Path) -> None:
     cold = imported(launch(*traced).stderr)
     assert {"site", "yaml", "flake_pilot.yamlio"} <= cold, sorted(cold)
     shutil.rmtree(prefix)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every path under *root* with its content (files) or kind."""
+    kind = {True: "dir", False: "link"}
+    return {
+        str(p.relative_to(root)): p.read_text() if p.is_file() and not p.is_symlink() else kind[p.is_dir()]
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_make_build_install_uninstall_leaves_the_tree_as_before(tmp_path: Path) -> None:
+    """make build, then make install and make uninstall into a DESTDIR: uninstall removes exactly what
+    install put in place (the directories it created too), keeps a configuration file the user
+    changed, and leaves what was there before untouched."""
+    stage, dest = tmp_path / "stage", tmp_path / "dest"
+    paths = [f"STAGE={stage}", f"DESTDIR={dest}", "PREFIX=/usr", "SYSCONFDIR=/etc", f"PYTHON={HOSTPY}"]
+    (dest / "usr/share/man/man8").mkdir(parents=True)
+    (dest / "usr/share/man/man8/other.8").write_text("someone else's page\n")
+    before = _tree(dest)
+    built = make("build", *paths)
+    assert built.returncode == 0, built.stderr
+    assert (stage / "bin/podman-pilot").read_text().startswith(f"#!{HOSTPY} -IS\n")
+    assert make("build", *paths).stdout.strip() == ""  # up to date: nothing rebuilt
+
+    proc = make("install", *paths)
+    assert proc.returncode == 0, proc.stderr
+    listed = (dest / "usr/lib/flake-pilot/.installed-files").read_text().splitlines()
+    assert "f /usr/bin/podman-pilot" in listed and "t /usr/lib/flake-pilot" in listed
+    assert "d /usr/share/man" not in listed  # it was there before: not ours
+    assert (dest / "usr/bin/flake-ctl").is_file() and (dest / "etc/flakes.yml").is_file()
+    proc = make("uninstall", *paths)
+    assert proc.returncode == 0, proc.stderr
+    assert _tree(dest) == before
+
+    # a changed configuration file is kept (and so its directory); everything else goes
+    assert make("install", *paths).returncode == 0
+    (dest / "etc/flakes.yml").write_text("generic: {flakes_dir: /srv/flakes}\n")
+    assert make("install", *paths).returncode == 0  # a second install over the first
+    proc = make("uninstall", *paths)
+    assert proc.returncode == 0 and "kept" in proc.stderr, proc.stderr
+    assert _tree(dest) == {**before, "etc": "dir", "etc/flakes.yml": "generic: {flakes_dir: /srv/flakes}\n"}
+
+    script = str(ROOT / "scripts/install.sh")
+    proc = subprocess.run(["bash", script, "uninstall", str(dest), "/usr"], capture_output=True)
+    assert proc.returncode == 4 and b"flake-pilot is not installed" in proc.stderr  # nothing left to remove

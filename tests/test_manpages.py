@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, need_program
 from flake_pilot import settings
 from flake_pilot.ctl import manpages, mdroff
 from flake_pilot.ctl.main import build_parser
@@ -34,8 +34,9 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def render(page: Path) -> str:
     """``man -l`` in ASCII with warnings on; a warning or a failure fails the test."""
     env = {**os.environ, "LANG": "C", "LC_ALL": "C", "MANWIDTH": "200", "MAN_KEEP_FORMATTING": ""}
+    man = need_program("man", "man-db")
     proc = subprocess.run(
-        ["man", "--warnings=all", "-l", str(page)], capture_output=True, text=True, env=env, timeout=300
+        [man, "--warnings=all", "-l", str(page)], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", f"{page.name}: {proc.stderr}"

@@ -77,7 +77,7 @@ def run(
     if debug.enabled():
         debug.log("+ " + _join(argv))
     try:
-        proc = subprocess.run(
+        proc = subprocess.run(  # noqa: S603 - argv list, no shell: the one place the product starts a program
             argv,
             env=_env(env),
             stdin=None if input_bytes is not None else stdin,

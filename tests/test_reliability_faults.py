@@ -151,8 +151,9 @@ def test_sigkill_during_resume_launch(scope: Scope, tmp_path: Path, step: str, a
         fate = "none created"
         if created:  # reused, or (when it cannot be trusted) replaced; never two of them
             fate = "reused" if after == created else "replaced (old one removed)"
-        names = set(state_names(scope))  # (app.spec: what the instance was created from, if recorded)
-        assert {"app.cid", "app.lock", "app.pid"} <= names <= {"app.cid", "app.lock", "app.pid", "app.spec"}
+        names = set(state_names(scope))  # (app.spec: what the instance was created from, app.oci: how
+        # calls enter it through the runtime, if recorded)
+        assert {"app.cid", "app.lock", "app.pid"} <= names <= {"app.cid", "app.lock", "app.pid", "app.spec", "app.oci"}
         rec.detail = (
             f"{len(created)} container left by the kill ({fate}); next call ok, 1 instance, "
             "lock free, state = cid+pid+lock"

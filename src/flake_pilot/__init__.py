@@ -29,6 +29,7 @@ _WARM_PODMAN = (
     "podman/argv",
     "podman/plan",
     "podman/instance",
+    "podman/oci",
     "podman/proc",
     "podman/pilot",
 )

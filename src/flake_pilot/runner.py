@@ -136,13 +136,17 @@ def _join(argv: "Sequence[str]") -> str:
 
 
 def spawn(
-    argv: "Sequence[str]", env: "Mapping[str, str] | None" = None, new_session: bool = False, stdin_null: bool = False
+    argv: "Sequence[str]",
+    env: "Mapping[str, str] | None" = None,
+    new_session: bool = False,
+    stdin_null: bool = False,
+    quiet: bool = False,
 ) -> int:
     """Start argv as a child sharing our stdio (posix_spawn, no shell); returns its pid.
 
     *new_session*: the child gets its own session, so signals the terminal sends to our
     process group (Ctrl-C, hang-up) reach only us and we decide where they go.
-    *stdin_null*: the child reads /dev/null instead of our stdin.
+    *stdin_null*: the child reads /dev/null instead of our stdin; *quiet*: it writes to /dev/null.
     """
     import _signal  # the C module: ``signal`` would import enum at launch
 
@@ -154,6 +158,8 @@ def spawn(
     # app), so restore the defaults like subprocess's restore_signals does.
     default = (_signal.SIGPIPE, _signal.SIGXFSZ)
     actions = [(fastos.POSIX_SPAWN_OPEN, 0, fastos.devnull, fastos.O_RDONLY, 0)] if stdin_null else []
+    if quiet:
+        actions += [(fastos.POSIX_SPAWN_OPEN, fd, fastos.devnull, fastos.O_WRONLY, 0) for fd in (1, 2)]
     try:
         return fastos.posix_spawn(argv[0], argv, env, setsid=new_session, setsigdef=default, file_actions=actions)
     except OSError as exc:

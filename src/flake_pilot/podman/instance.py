@@ -97,6 +97,7 @@ def clear(paths: Paths) -> None:
     statedir.remove_file(paths.cid)
     statedir.remove_file(paths.pid)
     statedir.remove_file(paths.spec)
+    statedir.remove_file(paths.stem + ".oci")  # how calls enter it through the runtime (oci.py)
 
 
 def _ns_depth(pid: int) -> int:

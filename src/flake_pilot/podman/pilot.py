@@ -13,6 +13,7 @@ line on stderr. A warm launch imports only the stdlib's built-in modules (fastos
 import sys
 
 from .. import debug, fastos
+from . import oci
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -176,16 +177,38 @@ def _resume(
 
     paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=False))
     wanted = instance.spec(image, p.opts)
+    key = oci.engine_key(prefix[0], env)
+    # through the runtime: a terminal only when it can take one from our streams (all three)
+    args = oci.args_json([p.target, *caller.app_args]) if not tty or _all_ttys() else None
+    verdict = oci.STALE
+    if args is not None:
+        fd, rec, verdict = oci.open_record(paths.stem, wanted, key)
+        if fd >= 0:
+            assert rec is not None
+            return _resume_direct(caller, prefix, env, paths, fd, rec, args, tty)
     cid = instance.alive(paths)
-    if cid is None or not instance.same_spec(paths, wanted):
+    record = args is not None and verdict == oci.STALE
+    if cid is None or not instance.same_spec(paths, wanted) or record:
         with debug.phase("instance"), statedir.locked(paths.lock):
             cid = instance.alive(paths)  # another launch may have created it meanwhile
-            if cid is not None and not instance.same_spec(paths, wanted) and not _busy(prefix, env, cid):
-                _remove(prefix, env, cid, paths)  # the registration changed: a fresh instance
-                cid = None
+            if cid is not None and not instance.same_spec(paths, wanted):
+                cid = _replace_if_idle(prefix, env, cid, paths)  # the registration changed
             if cid is None:
                 with _progress(caller, f"starting {p.app}"):
-                    cid = _start_resume(prefix, env, image, opts, paths, wanted)
+                    cid = _start_resume(prefix, env, image, opts, paths, wanted, key)
+            elif record and instance.same_spec(paths, wanted):
+                from . import oci_capture
+
+                with debug.phase("record"):
+                    oci_capture.ensure(prefix, env, cid, paths, wanted, key)
+        if args is not None:
+            fd, rec, verdict = oci.open_record(paths.stem, wanted, key)
+            if fd >= 0:
+                assert rec is not None
+                if rec["cid"] == cid:
+                    return _resume_direct(caller, prefix, env, paths, fd, rec, args, tty)
+                fastos.close(fd)
+    debug.log(f"resume: podman exec ({'terminal or argument' if args is None else verdict + ' runtime entry'})")
     session = f"{fastos.getpid()}-{fastos.urandom(6).hex()}"
     cmd = argv.exec_argv(prefix, cid, p.target, caller.app_args, tty, session)
     debug.timing()
@@ -195,24 +218,78 @@ def _resume(
     return code
 
 
+def _all_ttys() -> bool:
+    return fastos.isatty(0) and fastos.isatty(1) and fastos.isatty(2)
+
+
+def _resume_direct(
+    caller: "CallerArgs",
+    prefix: list[str],
+    env: dict[str, str],
+    paths: "Paths",
+    fd: int,
+    rec: "dict[str, object]",
+    args: str,
+    tty: bool,
+) -> int:
+    """Run the app through the OCI runtime; *fd* (the record, shared-locked) is held until it ends."""
+    from . import proc
+
+    cid = str(rec["cid"])
+    cmd, spec_fd, log_fd = oci.command(rec, args, tty)
+    debug.log(f"resume: {rec['runtime']} exec in {cid[:12]}")
+    try:
+        debug.timing()
+        code = proc.supervise(cmd, env, None)
+        if code == oci.RUNTIME_FAILED:
+            code = oci.outcome(code, log_fd, oci.check(rec, str(rec["spec"]), str(rec["engine"])) == oci.DIRECT)
+    finally:
+        for each in (spec_fd, log_fd, fd):
+            fastos.close(each)
+    if "remove" in caller.options:
+        _remove(prefix, env, cid, paths)
+    return code
+
+
+def _replace_if_idle(prefix: list[str], env: dict[str, str], cid: str, paths: "Paths") -> str | None:
+    """Remove the instance unless apps still run in it (then it is kept until they are done):
+    None when removed, else *cid*. Direct calls hold its runtime record shared; podman's
+    calls are its exec sessions. The record stays claimed until the instance is gone, so a
+    direct call that starts meanwhile waits and then finds it gone."""
+    claim = oci.claim(paths.stem)
+    if claim is None or _busy(prefix, env, cid):
+        debug.log(f"registration changed, but {cid[:12]} still runs apps: kept for now")
+        if claim is not None and claim >= 0:
+            fastos.close(claim)
+        return cid
+    try:
+        _remove(prefix, env, cid, paths)
+    finally:
+        if claim >= 0:
+            fastos.close(claim)
+    return None
+
+
 def _busy(prefix: list[str], env: dict[str, str], cid: str) -> bool:
-    """True if apps still run in the instance (it is then kept until they are done)."""
+    """True if apps started by ``podman exec`` still run in the instance."""
     from .. import runner
 
     done = runner.run([*prefix, "container", "inspect", "--format", "{{len .ExecIDs}}", cid], env=env, check=False)
-    busy = done.returncode == 0 and done.stdout.strip() not in (b"", b"0")
-    if busy:
-        debug.log(f"registration changed, but {cid[:12]} still runs apps: kept for now")
-    return busy
+    return done.returncode == 0 and done.stdout.strip() not in (b"", b"0")
 
 
 def _start_resume(
-    prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: "Paths", wanted: str
+    prefix: list[str], env: dict[str, str], image: str, opts: list[str], paths: "Paths", wanted: str, key: str
 ) -> str:
-    """Restart a stopped instance (its files are kept), or create a fresh one."""
+    """Restart a stopped instance (its files are kept), or create a fresh one; then record how
+    later calls enter it through the runtime."""
     from .. import runner, statedir
     from ..errors import EngineError
-    from . import argv, instance
+    from . import argv, instance, oci_capture
+
+    fd, previous, _ = oci.open_record(paths.stem, wanted, key)
+    if fd >= 0:
+        fastos.close(fd)
 
     old = instance.read_cid(paths.cid)
     if old and not instance.same_spec(paths, wanted):
@@ -221,6 +298,7 @@ def _start_resume(
     if old:
         if runner.run([*prefix, "start", old], env=env, check=False).returncode == 0:
             instance.tighten(paths)
+            oci_capture.record(prefix, env, old, paths, wanted, key, previous)
             return old
         runner.run([*prefix, "rm", "-f", "-t", "0", old], env=env, check=False)
     instance.clear(paths)
@@ -236,6 +314,7 @@ def _start_resume(
         )
     instance.tighten(paths)
     statedir.write_file(paths.spec, wanted)
+    oci_capture.record(prefix, env, cid, paths, wanted, key)
     return cid
 
 

@@ -74,9 +74,13 @@ def in_background() -> bool:
 
 
 def supervise(
-    argv: "Sequence[str]", env: "Mapping[str, str]", find: "Callable[[], list[int]]", stdin_null: bool | None = None
+    argv: "Sequence[str]",
+    env: "Mapping[str, str]",
+    find: "Callable[[], list[int]] | None",
+    stdin_null: bool | None = None,
 ) -> int:
-    """Run argv in a new session, forward signals to find()'s processes, return the exit code.
+    """Run argv in a new session, forward signals to find()'s processes (None: to the engine
+    itself, which forwards them to the app), return the exit code.
 
     Handlers are installed before the engine starts, so no signal is lost in between. When our
     stdout is a pipe whose reader went away (``app | head``), the app gets SIGPIPE like a native
@@ -113,7 +117,7 @@ def supervise(
             return
         deadline = time.monotonic() + FIND_DEADLINE_S
         while not reap(False):
-            targets = find()
+            targets = find() if find is not None else [child[0]]
             if targets:
                 for target in targets:
                     send = signum

@@ -141,12 +141,14 @@ def spawn(
     new_session: bool = False,
     stdin_null: bool = False,
     quiet: bool = False,
+    stdio: "Mapping[int, int] | None" = None,
 ) -> int:
     """Start argv as a child sharing our stdio (posix_spawn, no shell); returns its pid.
 
     *new_session*: the child gets its own session, so signals the terminal sends to our
     process group (Ctrl-C, hang-up) reach only us and we decide where they go.
-    *stdin_null*: the child reads /dev/null instead of our stdin; *quiet*: it writes to /dev/null.
+    *stdin_null*: the child reads /dev/null instead of our stdin; *quiet*: it writes to /dev/null;
+    *stdio*: ``{child fd: our fd}`` to hand it instead of ours.
     """
     import _signal  # the C module: ``signal`` would import enum at launch
 
@@ -157,9 +159,12 @@ def spawn(
     # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec (down to the container's
     # app), so restore the defaults like subprocess's restore_signals does.
     default = (_signal.SIGPIPE, _signal.SIGXFSZ)
-    actions = [(fastos.POSIX_SPAWN_OPEN, 0, fastos.devnull, fastos.O_RDONLY, 0)] if stdin_null else []
+    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = []
+    if stdin_null:
+        actions.append((fastos.POSIX_SPAWN_OPEN, 0, fastos.devnull, fastos.O_RDONLY, 0))
     if quiet:
         actions += [(fastos.POSIX_SPAWN_OPEN, fd, fastos.devnull, fastos.O_WRONLY, 0) for fd in (1, 2)]
+    actions += [(fastos.POSIX_SPAWN_DUP2, ours, theirs) for theirs, ours in (stdio or {}).items()]
     try:
         return fastos.posix_spawn(argv[0], argv, env, setsid=new_session, setsigdef=default, file_actions=actions)
     except OSError as exc:

@@ -125,7 +125,9 @@ def check(rec: "dict[str, object]", wanted: str, key: str) -> str:
 def command(rec: "dict[str, object]", args: str, tty: bool) -> "tuple[list[str], int, int]":
     """(argv, spec memfd, log memfd): the runtime entering the instance with podman's process
     spec for this call. Both memfds are inherited by the runtime (which reads the spec and
-    writes its log through /proc/self/fd) and closed by it before the app starts."""
+    writes its log through /proc/self/fd) and closed by it before the app starts. With a
+    terminal the runtime stays the app's parent (it relays the terminal); without one it
+    detaches (``-d``) and ``run_detached`` takes over."""
     spec = f'{{"args":{args},"terminal":{"true" if tty else "false"},{rec["process"]}'.encode()
     spec_fd = _memfd(spec)
     log_fd = _memfd(b"")
@@ -135,7 +137,7 @@ def command(rec: "dict[str, object]", args: str, tty: bool) -> "tuple[list[str],
         argv += [str(rec["nsenter"]), "-U", "-m", "--preserve-credentials", "-t", str(holder[0])]  # type: ignore[index]
     argv += [str(rec["runtime"]), "--root", str(rec["root"]), *rec["global"]]  # type: ignore[misc]
     argv += ["--log", f"/proc/self/fd/{log_fd}", "--log-format", "json"]
-    argv += ["exec", "--process", f"/proc/self/fd/{spec_fd}", str(rec["cid"])]
+    argv += ["exec", *([] if tty else ["-d"]), "--process", f"/proc/self/fd/{spec_fd}", str(rec["cid"])]
     return argv, spec_fd, log_fd
 
 
@@ -145,6 +147,127 @@ def _memfd(data: bytes) -> int:
     while view:
         view = view[fastos.write(fd, view) :]
     return fd
+
+
+def run_detached(argv: "list[str]", env: "dict[str, str]", stdin_null: bool) -> int:
+    """Run ``runc exec -d`` and be the app's parent: the launcher is a child subreaper, so the
+    app, the runtime's child, becomes ours when the runtime exits after starting it. The app
+    reads our stdin; its stdout and stderr are pipes we relay until it exits (what it wrote is
+    drained then), so a background process it leaves behind does not hold the caller's streams
+    open (as with podman's conmon). Signals go to the app; returns the app's exit status
+    (128+N when a signal ended it), or the runtime's when it failed (RUNTIME_FAILED)."""
+    import _signal as signal
+    import select
+
+    from .. import runner
+    from .proc import FORWARD, exit_code
+
+    _subreaper()
+    app = [0]
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if app[0] > 0:
+            _kill(app[0], signum)
+        else:
+            pending.append(signum)
+
+    out_r, out_w = fastos.pipe2(fastos.O_CLOEXEC)
+    err_r, err_w = fastos.pipe2(fastos.O_CLOEXEC)
+    for signum in FORWARD:
+        signal.signal(signum, forward)
+    try:
+        try:
+            runtime = runner.spawn(argv, env, new_session=True, stdin_null=stdin_null, stdio={1: out_w, 2: err_w})
+        finally:
+            fastos.close(out_w)
+            fastos.close(err_w)
+        relay = {out_r: 1, err_r: 2}
+        poller = select.poll()
+        for fd in relay:
+            fastos.set_blocking(fd, False)
+            poller.register(fd, select.POLLIN)
+        watched = fastos.pidfd_open(runtime)
+        poller.register(watched, select.POLLIN)
+        status: int | None = None
+        while status is None:
+            for fd, _events in poller.poll():
+                if fd in relay:
+                    if not _relay(fd, relay[fd], 1 << 16):
+                        poller.unregister(fd)
+                        del relay[fd]
+                        fastos.close(fd)
+                    continue
+                if fd != watched:
+                    continue
+                poller.unregister(fd)
+                fastos.close(fd)
+                if app[0] == 0:  # the runtime ended: it failed, or the app is now our child
+                    code = exit_code(fastos.waitpid(runtime, 0)[1])
+                    children = _children()
+                    if code != 0 or len(children) != 1:
+                        status = code if code != 0 else 125
+                        break
+                    app[0] = children[0]
+                    watched = fastos.pidfd_open(app[0])
+                    poller.register(watched, select.POLLIN)
+                    for signum in pending:
+                        _kill(app[0], signum)
+                else:
+                    status = exit_code(fastos.waitpid(app[0], 0)[1])
+                break
+        for fd, target in relay.items():  # what the app wrote before it ended (not a writer's stream)
+            _relay(fd, target, MAX_RECORD)
+            fastos.close(fd)
+        return status
+    finally:
+        for signum in FORWARD:
+            signal.signal(signum, signal.SIG_DFL)
+
+
+def _relay(source: int, target: int, limit: int) -> bool:
+    """Copy what *source* holds (up to *limit*) to *target*; False at its end, or when *target*
+    is gone (closing our end then gives the app SIGPIPE at its next write, like a native one)."""
+    moved = 0
+    while moved < limit:
+        try:
+            data = fastos.read(source, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        moved += len(data)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[fastos.write(target, view) :]
+        except OSError:  # EPIPE (the reader went away), EBADF (a closed stream)
+            return False
+    return True
+
+
+def _children() -> "list[int]":
+    pid = fastos.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as handle:
+            return [int(x) for x in handle.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        fastos.kill(pid, signum)
+    except OSError:
+        pass
+
+
+def _subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (the detached app) become our children."""
+    import ctypes  # ~3 ms; only on this path (the stdlib has no prctl)
+
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
 def outcome(code: int, log_fd: int, alive: bool) -> int:

@@ -240,7 +240,10 @@ def _resume_direct(
     debug.log(f"resume: {rec['runtime']} exec in {cid[:12]}")
     try:
         debug.timing()
-        code = proc.supervise(cmd, env, None)
+        if tty:  # the runtime relays the terminal and forwards signals; it stays the app's parent
+            code = proc.supervise(cmd, env, None)
+        else:
+            code = oci.run_detached(cmd, env, proc.in_background())
         if code == oci.RUNTIME_FAILED:
             code = oci.outcome(code, log_fd, oci.check(rec, str(rec["spec"]), str(rec["engine"])) == oci.DIRECT)
     finally:

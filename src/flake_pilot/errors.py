@@ -71,3 +71,28 @@ EXIT_CODES: dict[int, str] = {
     8: "refused for safety (symlink, owner, permissions)",
     130: "interrupted (Ctrl-C)",
 }
+
+
+def launcher_failure(who: str, exc: BaseException) -> int:
+    """The launchers' one error boundary (podman-pilot, firecracker-pilot): a failure of the
+    launcher itself, expected or a bug, is one line on stderr naming the app and exit status
+    LAUNCHER_EXIT, so the app's own statuses stay unambiguous. ``PILOT_DEBUG=1`` adds the
+    traceback."""
+    import sys
+    import traceback
+
+    from . import debug
+
+    if isinstance(exc, FlakeError):
+        message = str(exc)
+    elif isinstance(exc, OSError):  # a state or image file the launcher could not use
+        message = (f"{exc.filename}: " if exc.filename else "") + str(exc.strerror or exc)
+    else:  # a bug
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        if not debug.enabled():
+            message += " (PILOT_DEBUG=1 shows more)"
+    if debug.enabled():
+        traceback.print_exception(exc)
+    who = who if who.isprintable() else ascii(who)  # a symlink name with a newline: still one line
+    sys.stderr.write(f"{who}: {' '.join(message.splitlines())}\n")
+    return LAUNCHER_EXIT

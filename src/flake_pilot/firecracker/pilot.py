@@ -706,21 +706,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:
-        from ..errors import LAUNCHER_EXIT, FlakeError
+        from ..errors import launcher_failure  # only on failure: not imported at launch
 
-        if isinstance(exc, FlakeError):
-            message = str(exc)
-        elif isinstance(exc, OSError):  # a state or image file the launcher could not use
-            message = f"{exc.filename}: " if exc.filename else ""
-            message += str(exc.strerror or exc)
-        else:
-            raise  # a bug: the traceback
-        if debug.enabled():
-            import traceback
-
-            traceback.print_exc()
-        sys.stderr.write(f"{app}: {message}\n")
-        code = LAUNCHER_EXIT
+        code = launcher_failure(app, exc)
     if argv_given:
         sys.exit(code)
     # the console script's entry: the VM is reaped and the instance cleaned up, nothing is left

@@ -402,27 +402,15 @@ def _remove(prefix: list[str], env: dict[str, str], cid: str, paths: "Paths") ->
 
 def main() -> int:
     app = fastos.basename(sys.argv[0])
-    who = app if app.isprintable() else ascii(app)  # a symlink name with a newline: still one line
     try:
         code = launch(app, sys.argv[1:])
     except KeyboardInterrupt:
-        sys.stderr.write(f"{who}: interrupted\n")
+        sys.stderr.write(f"{app if app.isprintable() else ascii(app)}: interrupted\n")
         return 130
     except Exception as exc:
-        from ..errors import LAUNCHER_EXIT, FlakeError  # only on failure: not imported at launch
+        from ..errors import launcher_failure  # only on failure: not imported at launch
 
-        if not isinstance(exc, FlakeError):  # a bug: still one line, the traceback with PILOT_DEBUG=1
-            if debug.enabled():
-                raise
-            sys.stderr.write(f"{who}: internal error: {type(exc).__name__}: {exc} (PILOT_DEBUG=1 shows more)\n")
-            return LAUNCHER_EXIT
-        if debug.enabled():
-            import traceback
-
-            traceback.print_exc()
-        message = str(exc).replace("\n", " ")
-        sys.stderr.write(f"{who}: {message}\n")
-        return LAUNCHER_EXIT
+        return launcher_failure(app, exc)
     # main() is the process entry point (console script; in-process callers use launch()): the
     # app's status is known and nothing is buffered, so skip the interpreter's teardown (ms)
     sys.stdout.flush()

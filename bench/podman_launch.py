@@ -2,7 +2,10 @@
 """Launch cost of podman-pilot against raw podman doing the same work (not a test).
 
 (a) one-shot flake call  vs  raw ``podman run --rm -i --entrypoint /bin/sh IMG -c true``
-(b) resume flake call    vs  raw ``podman exec -i CTR /bin/sh -c true`` (same instance)
+(b) resume flake call    vs  raw ``podman exec -i CTR /bin/sh -c true`` (same instance), with the
+    OCI runtime alone entering it (``runc --root ROOT exec CTR /bin/sh -c true``) printed beside;
+    as root and as the rootless test user (``--rootless``: its runtime runs in podman's user and
+    mount namespaces, ``nsenter -U -m --preserve-credentials -t CONMON runc ...``)
 (c) the launcher alone: a flake whose engine is ``/bin/true`` (``podman_binary``) vs ``/bin/true``
 
 Pairs alternate (AB, BA, AB, ...) in one run so load drifts hit both sides; prints medians,
@@ -11,7 +14,8 @@ much this run's noise alone moves it). The flake is called through its
 symlink to the installed console script (the venv's bin), like a user would; with ``--installed``
 to ``PREFIX/bin/podman-pilot`` of scripts/install.sh into a temp prefix (what ``make install``
 gives: ``#!/usr/bin/python3 -IS``, byte-compiled package).
-Run as root from the repository: ``.venv/bin/python bench/podman_launch.py [-n 21] [--installed]``
+Run as root from the repository: ``.venv/bin/python bench/podman_launch.py [-n 21] [--installed]
+[--rootless]``
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import BB_IMAGE, BIN, STATE, STORAGE, busybox_rootfs_tar, import_image, podman, storage_conf  # noqa: E402
 
 
-def timed(argv: list[str], env: dict[str, str], cpu: list[float] | None = None) -> float:
+def timed(argv: list[str], env: dict[str, str], cpu: list[float] | None = None, user: dict | None = None) -> float:
     """Wall seconds of one run; appends its CPU seconds (user+sys of the process and the children
-    it reaped) to *cpu*, steadier than wall time on a shared host."""
+    it reaped) to *cpu*, steadier than wall time on a shared host. *user*: Popen's user, group,
+    extra_groups and cwd (the rootless case)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **(user or {})
+    )
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -56,20 +63,34 @@ def backdate(*files: Path) -> None:
         os.utime(f, (past, past))
 
 
-def pairs(label: str, flake: list[str], raw: list[str], env: dict[str, str], n: int) -> tuple[float, float]:
+def pairs(
+    label: str,
+    flake: list[str],
+    raw: list[str],
+    env: dict[str, str],
+    n: int,
+    beside: list[str] | None = None,
+    user: dict | None = None,
+) -> tuple[float, float]:
+    """*beside*: a third command timed in the same rounds (the OCI runtime alone), its median
+    printed next to the pair."""
     for _ in range(2):  # warm-up: plan cache, instance, page cache
-        timed(flake, env)
-        timed(raw, env)
-    fl, rw = [], []
+        timed(flake, env, user=user)
+        timed(raw, env, user=user)
+        if beside:
+            timed(beside, env, user=user)
+    fl, rw, bs = [], [], []
     fc: list[float] = []
     rc: list[float] = []
     for i in range(n):
         if i % 2:
-            rw.append(timed(raw, env, rc))
-            fl.append(timed(flake, env, fc))
+            rw.append(timed(raw, env, rc, user))
+            fl.append(timed(flake, env, fc, user))
         else:
-            fl.append(timed(flake, env, fc))
-            rw.append(timed(raw, env, rc))
+            fl.append(timed(flake, env, fc, user))
+            rw.append(timed(raw, env, rc, user))
+        if beside:
+            bs.append(timed(beside, env, user=user))
     mf, mr = statistics.median(fl), statistics.median(rw)
     ratios = [f / r for f, r in zip(fl, rw, strict=True)]
     per_pair = statistics.median(ratios)
@@ -81,6 +102,10 @@ def pairs(label: str, flake: list[str], raw: list[str], env: dict[str, str], n: 
         f"(+{(mf - mr) * 1000:.1f} ms, n={n})   "
         f"CPU flake {cf * 1000:.1f} ms raw {cr * 1000:.1f} ms (+{(cf - cr) * 1000:.1f} ms)"
     )
+    if beside:
+        mb = statistics.median(bs)
+        shown = " ".join(beside[:2])
+        print(f"{'':9} runtime alone median {mb * 1000:7.1f} ms   flake/runtime {mf / mb:.3f}   ({shown} ...)")
     return mf, mr
 
 
@@ -93,9 +118,53 @@ def bootstrap_median(values: list[float], rounds: int = 2000) -> tuple[float, fl
     return medians[int(rounds * 0.025)], medians[int(rounds * 0.975) - 1]
 
 
+def runtime_alone(record: Path, cmd: list[str]) -> list[str]:
+    """The OCI runtime entering the instance by itself, as the launcher's record says where
+    (podman/oci.py): ``[nsenter ...] runc --root ROOT exec CID CMD``."""
+    import marshal
+
+    rec = marshal.loads(record.read_bytes())
+    assert rec["process"] is not None, f"no runtime entry recorded: {rec.get('why')}"
+    enter = []
+    if rec["holder"] is not None:
+        enter = [rec["nsenter"], "-U", "-m", "--preserve-credentials", "-t", str(rec["holder"][0])]
+    return [*enter, rec["runtime"], "--root", rec["root"], *rec["global"], "exec", rec["cid"], *cmd]
+
+
+def rootless_resume(pilot: Path, n: int) -> None:
+    """The resume case as the rootless test user, in its own storage (tests/podman_scopes.py)."""
+    from podman_scopes import prepare_user, remove_user_scope, user_scope
+
+    storage = storage_conf(STORAGE / "root")
+    scope = user_scope(*prepare_user(storage))
+    user = {"user": scope.uid, "group": scope.gid, "extra_groups": [], "cwd": str(scope.root)}
+    try:
+        app = scope.bin_dir / "bench-resume"
+        scope.register("bench-resume", resume=True)
+        app.unlink()
+        app.symlink_to(pilot)
+        backdate(*scope.flakes_dir.iterdir())
+        env = {k: v for k, v in scope.env.items() if k != "PILOT_DEBUG"}
+        timed([str(app), "-c", "true"], env, user=user)  # creates the instance
+        cid = scope.cid_files()[0].read_text().strip()
+        record = next(scope.ids_dir.glob("*/bench-resume.oci"))
+        pairs(
+            "rootless",
+            [str(app), "-c", "true"],
+            ["podman", "--log-level=error", "exec", "-i", cid, "/bin/sh", "-c", "true"],
+            {**env, "CONTAINERS_STORAGE_CONF": str(scope.storage)},
+            n,
+            beside=runtime_alone(record, ["/bin/sh", "-c", "true"]),
+            user=user,
+        )
+    finally:
+        remove_user_scope(scope)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=61, help="pairs per case (default 61)")
+    parser.add_argument("--rootless", action="store_true", help="also the resume case as the rootless test user")
     parser.add_argument(
         "--installed",
         action="store_true",
@@ -164,9 +233,12 @@ def main() -> int:
                 [*raw_podman, "exec", "-i", cid, "/bin/sh", "-c", "true"],
                 env,
                 args.n,
+                beside=runtime_alone(next((root / "ids").glob("*/bench-resume.oci")), ["/bin/sh", "-c", "true"]),
             )
         finally:
             subprocess.run([*raw_podman, "rm", "-f", "-t", "0", cid], env=env, capture_output=True)
+        if args.rootless:
+            rootless_resume(pilot, args.n)
         fake = root / "fake"
         (fake / "flakes").mkdir(parents=True)
         (fake / "flakes.yml").write_text(

@@ -49,7 +49,7 @@ def test_debug_prints_every_engine_command_and_timings(scope: Scope) -> None:
     done = scope.run("app", "-c", "echo hi", env={"PILOT_DEBUG": "1"})
     assert done.returncode == 0 and done.stdout == "hi\n", done.stderr
     assert "+ " in done.stderr and " run -d --init" in done.stderr  # the instance creation
-    assert "spawn " in done.stderr and " exec -i " in done.stderr  # the app's own call
+    assert "spawn " in done.stderr and " exec -d --process " in done.stderr  # the app's own call (the runtime)
     assert "timing: plan=" in done.stderr
 
 

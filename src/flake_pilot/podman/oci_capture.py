@@ -50,7 +50,8 @@ def record(
     """Write ``<instance>.oci`` for container *cid*; never fails the launch."""
     rec: dict[str, object] = {"format": oci.FORMAT, "cid": cid, "spec": wanted, "engine": key}
     reuse = None  # a restarted container keeps its configuration, so podman's spec for it too
-    if previous and previous.get("cid") == cid and previous.get("spec") == wanted and previous.get("engine") == key:
+    same = {"format": oci.FORMAT, "cid": cid, "spec": wanted, "engine": key}
+    if previous and all(previous.get(name) == value for name, value in same.items()):
         reuse = previous.get("process")
     try:
         rec.update(_capture(prefix, env, cid, paths, reuse if isinstance(reuse, str) else None))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import select
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,3 +232,27 @@ def user_scope(uid: int, gid: int, storage: Path) -> Scope:
 def remove_user_scope(scope: Scope) -> None:
     scope.cleanup()
     shutil.rmtree(scope.root, ignore_errors=True)
+
+
+def run_in_pty(scope: Scope, app: str, *args: str, timeout: float = 90) -> tuple[int, str]:
+    """Run the launcher with stdin/stdout/stderr on a fresh pseudo-terminal."""
+    master, slave = os.openpty()
+    proc = scope.popen(app, *args, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every slave end is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None and not select.select([master], [], [], 0.2)[0]:
+            break
+    os.close(master)
+    code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    return code, out.decode(errors="replace").replace("\r\n", "\n")

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Prefix, busybox_rootfs_tar, import_image, make_prefix, podman
-from firecracker_fixtures import firecracker_bin, kvm, tiny_guest  # noqa: F401
-from registry import local_registry  # noqa: F401
-from test_packaging import build_deb, clean_env, copy_tree, installed_version, run
+from conftest import BIN, Prefix, busybox_rootfs_tar, import_image, make_prefix, need, podman
+from debian_build import build_deb, clean_env, copy_tree, installed_version, run
 
 PILOT = "flake-pilot"
 PKG = "flake-deb-test-bb"
@@ -46,8 +44,7 @@ def purge(*packages: str) -> None:
 def pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """flake-pilot installed from this tree; afterwards the host is as before (our packages purged)."""
     for package in OURS:
-        if status(package):
-            pytest.fail(f"{package} is installed on this machine; purge it first (dpkg --purge {package})")
+        need(not status(package), f"{package} is installed on this machine; purge it first (dpkg --purge {package})")
     before = installed_version()
     if before is None:
         deb = build_deb(copy_tree(tmp_path_factory.mktemp("pilot") / PILOT))
@@ -224,7 +221,7 @@ def test_pull_at_install_time_with_register_options(
     prefix: Prefix,
     versions: dict[str, str],
     tmp_path: Path,
-    local_registry,  # noqa: F811
+    local_registry,
 ) -> None:
     ref = local_registry.push(versions["1"], "flake-test/deb-pull:1", storage=prefix.storage)
     env = host_env(prefix, tmp_path, **local_registry.env())
@@ -303,9 +300,9 @@ def test_configure_refuses_a_flake_registered_by_hand_and_purge_keeps_it(
 def test_vm_package_install_show_launch_purge(
     pilot: None,
     tmp_path: Path,
-    kvm: None,  # noqa: F811
-    firecracker_bin: Path,  # noqa: F811
-    tiny_guest: dict[str, Path],  # noqa: F811
+    kvm: None,
+    firecracker_bin: Path,
+    tiny_guest: dict[str, Path],
 ) -> None:
     p = make_prefix(tmp_path / "prefix", tmp_path / "no-podman-storage")
     with p.config.open("a") as f:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import STATE, podman
+from delta_images import APP, BASE, HOSTDIR, L1, L2, build_images, registration
 from podman_scopes import LAUNCHER, USER_HOME, Scope, prepare_user, remove_user_scope, root_scope, user_scope
-from test_delta import APP, BASE, HOSTDIR, L1, L2, build_images, registration
 
 
 @pytest.fixture(scope="session")

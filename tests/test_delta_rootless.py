@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import STATE, TEST_USER, need_test_user, podman, storage_conf
-from test_delta import APP, BASE, HOSTDIR, L1, L2, build_images, registration
+from delta_images import APP, BASE, HOSTDIR, L1, L2, build_images, registration
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from podman_scopes import Scope, prepare_user, remove_user_scope, root_scope, user_scope
+from podman_scopes import Scope, prepare_user, remove_user_scope, root_scope, run_in_pty, user_scope
 
 MODES = ["oneshot", "resume"]
 
@@ -100,30 +100,6 @@ def test_no_tty_without_a_terminal(scope: Scope, mode: str) -> None:
     app = register(scope, mode)
     done = scope.run(app, "-c", "if [ -t 0 ] || [ -t 1 ]; then echo tty; else echo no-tty; fi")
     assert done.stdout == "no-tty\n", done.stderr
-
-
-def run_in_pty(scope: Scope, app: str, *args: str, timeout: float = 90) -> tuple[int, str]:
-    """Run the launcher with stdin/stdout/stderr on a fresh pseudo-terminal."""
-    master, slave = os.openpty()
-    proc = scope.popen(app, *args, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: every slave end is closed
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None and not select.select([master], [], [], 0.2)[0]:
-            break
-    os.close(master)
-    code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    return code, out.decode(errors="replace").replace("\r\n", "\n")
 
 
 def test_tty_with_a_terminal(scope: Scope, mode: str) -> None:

@@ -238,7 +238,7 @@ def test_ordinary_user_calling_a_system_flake_gets_a_clear_error(uscope: Scope) 
 
 
 def test_progress_shows_on_a_terminal_while_an_instance_starts(scope: Scope) -> None:
-    from test_podman_contract import run_in_pty
+    from podman_scopes import run_in_pty
 
     scope.register("app", resume=True)
     code, out = run_in_pty(scope, "app", "%progress", "-c", "echo started")

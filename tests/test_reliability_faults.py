@@ -241,7 +241,7 @@ def test_sigkill_while_the_oneshot_app_runs(scope: Scope, tmp_path: Path, named:
 
 @pytest.fixture
 def delta(tmp_path: Path, system_storage: Path) -> None:
-    from test_delta import build_images
+    from delta_images import build_images
 
     build_images(system_storage, tmp_path / "build")
 
@@ -255,7 +255,7 @@ def delta(tmp_path: Path, system_storage: Path) -> None:
     ids=["compose-save", "compose-load"],
 )
 def test_sigkill_during_provisioning(scope: Scope, tmp_path: Path, delta: None, step: str, at: str, mode: str) -> None:
-    from test_delta import BASE, L1, L2, registration
+    from delta_images import BASE, L1, L2, registration
 
     with record("2", f"SIGKILL of the launcher during {step} (delta flake)", count=1) as rec:
         inj = Injector(tmp_path)
@@ -408,7 +408,7 @@ def test_hanging_engine_is_bounded(scope: Scope, tmp_path: Path, step: str, at: 
 
 
 def test_hanging_engine_during_provisioning_is_bounded(scope: Scope, tmp_path: Path, delta: None) -> None:
-    from test_delta import BASE, L1, L2, registration
+    from delta_images import BASE, L1, L2, registration
 
     with record("2", "hanging engine: provisioning (podman save of base+layers)", count=1) as rec:
         inj = Injector(tmp_path)

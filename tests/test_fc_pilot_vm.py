@@ -137,6 +137,15 @@ def test_firecracker_failure_is_one_line_and_leaves_only_its_log(vm_prefix: VmPr
     assert vm_prefix.files() == {"broken.failed.log"}  # instance files and overlay gone; the log is kept
 
 
+def test_resume_first_start_failure_leaves_no_overlay_or_lock(vm_prefix: VmPrefix, tmp_path: Path) -> None:
+    vm_prefix.register("rfail", resume=True, overlay_size="64MiB", kernel=str(tmp_path / "no-such-kernel"))
+    res = vm_prefix.prefix.app("rfail", timeout=30)
+    assert res.returncode == 125 and res.stderr.count("\n") == 1, res.stderr
+    assert "kernel file cannot be opened" in res.stderr
+    left = {p.name for p in vm_prefix.state.iterdir()}
+    assert left == {"rfail.failed.log"}  # no rfail.ext2 (the 64 MiB overlay), no rfail.lock
+
+
 def test_force_vsock_guest_without_sci(vm_prefix: VmPrefix) -> None:
     """A guest that never answers on vsock: a clear error, the VM is gone, nothing left."""
     vm_prefix.register("nosci", force_vsock=True)

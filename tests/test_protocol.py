@@ -393,3 +393,21 @@ def test_connect_firecracker_vsock_gives_up_with_the_reason(tmp_path: Path) -> N
     with pytest.raises(p.ProtocolError, match=r"v\.sock: vsock port 52 not reachable within 0.3 s"):
         p.connect_firecracker_vsock(str(tmp_path / "v.sock"), 52, timeout=0.3)
     assert time.monotonic() - t0 < 3
+
+
+def test_terminating_signal_before_the_guest_answers_abandons_the_session() -> None:
+    """A VM still booting (no hello yet): Ctrl-C or SIGTERM ends the wait, as 128+N."""
+    host, guest = socket.socketpair()
+    try:
+        timer = threading.Timer(0.2, os.kill, args=(os.getpid(), signal.SIGINT))
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(p.Interrupted) as err:
+            p.run_session(host, p.Request(["/bin/true"]), None, 1, 2, handshake_timeout=30)
+        assert err.value.signo == signal.SIGINT and time.monotonic() - started < 10
+        assert guest.recv(5)[0] == p.HELLO  # the request had gone out; nobody answered it
+    finally:
+        timer.cancel()
+        host.close()
+        guest.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

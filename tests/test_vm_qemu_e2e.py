@@ -11,6 +11,7 @@ instance of it (@NAME). The failure cases start no guest.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import select
@@ -216,6 +217,19 @@ def test_one_shot_sigkill_of_the_launcher_takes_the_vm(deb: Deb, tmp_path: Path)
     assert deb.files() == {"vbad.failed.log"}
 
 
+def test_ctrl_c_while_the_vm_boots(deb: Deb) -> None:
+    """SIGINT before the guest answered: the call gives up at once (130), the VM and the
+    instance's files go."""
+    launcher = deb.popen("vsh", "@c", "-c", "echo never", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pid = deb.vm_pid("vsh@c")
+    assert qemu_alive(pid)
+    launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=30)
+    assert (launcher.returncode, out, err) == (130, b"", b"")
+    assert not qemu_alive(pid)
+    assert not {n for n in deb.files() if n.startswith(("vsh@c", "sci_cmd_vsh@c"))}
+
+
 def test_resume_first_start_failure_leaves_no_overlay_or_lock(deb: Deb, tmp_path: Path) -> None:
     not_a_kernel = tmp_path / "not-a-kernel"
     not_a_kernel.write_bytes(b"\0" * 4096)
@@ -242,6 +256,10 @@ def test_resume_vm_serves_every_case(deb: Deb) -> None:
     assert (status, out) == (0, "included by tar\nincluded by path\n"), err
     pid = deb.vm_pid("rsh")
     assert qemu_alive(pid)  # kept after the program ended
+    show = deb.prefix.ctl("firecracker", "show", "--format", "json")
+    assert show.returncode == 0, show.stderr
+    listed = {r["name"]: (r["status"], r["id"]) for r in json.loads(show.stdout)}
+    assert listed["rsh"] == ("running", str(pid))  # flake-ctl knows a QEMU instance runs
 
     t0 = time.monotonic()
     assert deb.run("rsh", "-c", "cat /root/persist") == (0, "kept\n", "")  # files live on between calls

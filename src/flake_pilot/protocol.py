@@ -62,6 +62,18 @@ class ProtocolError(EngineError):
     """Malformed frame, unknown version, refused request or a broken session channel."""
 
 
+class Interrupted(ProtocolError):
+    """A terminating signal reached the host before the guest answered (a VM still booting): the
+    session is abandoned; the caller exits 128+N."""
+
+    def __init__(self, signo: int) -> None:
+        super().__init__(f"interrupted by signal {signo} before the guest answered")
+        self.signo = signo
+
+
+ABANDON_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})
+
+
 class Request:
     """What the host asks the guest to run. ``argv[0]`` is the program path."""
 
@@ -322,7 +334,8 @@ def run_session(
     """Run *request* over the connected *sock*; return the exit status (code, or 128+N on signal N).
 
     stdin EOF is sent as a frame and does not end the session. With *forward_signals* (main thread
-    only) SIGINT/TERM/HUP/QUIT/USR1/USR2 go to the program and SIGWINCH sends the new window size.
+    only) SIGINT/TERM/HUP/QUIT/USR1/USR2 go to the program and SIGWINCH sends the new window size;
+    SIGINT/TERM/HUP/QUIT before the guest's hello (a VM still booting) raise ``Interrupted``.
     A raw host terminal is set up when ``request.tty`` and *stdin_fd* is a terminal.
     *on_started*, if callable, gets the guest pid when the program runs.
     ProtocolError on a refused request, a malformed frame or a lost connection.
@@ -368,6 +381,8 @@ def run_session(
                         if sig_byte == signal.SIGWINCH:
                             rows, cols = terminal_size(stdin_fd if stdin_fd is not None else stdout_fd)
                             out += frame(WINSIZE, struct.pack("!HH", rows, cols))
+                        elif not peer_ok and sig_byte in ABANDON_SIGNALS:
+                            raise Interrupted(sig_byte)
                         else:
                             out += frame(SIGNAL, bytes([sig_byte]))
                 elif efd == fd and ev & select.POLLOUT and out:

@@ -481,6 +481,7 @@ def session(
     """Run the call as a sci session on the connected *sock*. With *paths*/*pid* (QEMU: the
     handshake includes the boot) a session that fails before the guest answered is reported as a
     failed start; *answered* (one flag) is set once the guest answered."""
+    from .. import protocol
     from ..protocol import ProtocolError, Request, run_session, terminal_size
 
     tty = fastos.isatty(0)
@@ -504,6 +505,8 @@ def session(
 
     try:
         return run_session(sock, req, 0, 1, 2, handshake_timeout=handshake, on_started=started)
+    except protocol.Interrupted as exc:  # Ctrl-C, SIGTERM... while the VM boots: give up the call
+        raise Interrupted(exc.signo) from exc
     except ProtocolError as exc:
         if flag[0] or paths is None:
             raise

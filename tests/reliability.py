@@ -20,8 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("FLAKE_STATE", "/var/tmp/flake-pilot"))
 RESULTS = Path(os.environ.get("FLAKE_RELIABILITY_RESULTS", str(STATE / "reliability-results")))
@@ -53,6 +51,8 @@ def _slug(text: str) -> str:
 @contextmanager
 def record(part: str, case: str, *, count: int = 1, concurrency: int = 1) -> Iterator[Record]:
     """Time the block; write pass/FAIL with the details the block filled in."""
+    import pytest  # here: scripts/reliability-report renders without pytest installed
+
     rec = Record(part, case, count, concurrency)
     start = time.monotonic()
     result = "pass"

@@ -3,8 +3,8 @@
 # (default /var/tmp/flake-pilot/guest); each artefact is rebuilt only when missing:
 #   vmlinuz            Debian cloud kernel (bzImage, for QEMU -kernel)
 #   vmlinux            the same kernel as an ELF (for Firecracker)
-#   initrd.cpio.gz     static busybox; loads virtio/virtio_mmio/virtio_blk/virtio_console/vsock/overlay
-#                      modules, mounts root=/dev/vda read-only (rw with `rw`), switch_root to init=
+#   initrd.cpio.gz     static busybox; loads virtio/virtio_mmio/virtio_blk/virtio_console/vsock/overlay/
+#                      virtio_net modules, mounts root=/dev/vda read-only (rw with `rw`), switch_root to init=
 #                      (default /usr/sbin/sci)
 #   rootfs.ext4        debootstrap minbase + python3-minimal, /overlayroot, and sci at /usr/sbin/sci
 #                      (sci is rewritten with debugfs whenever the zipapp built from this checkout changes)
@@ -58,7 +58,7 @@ B=/bin/busybox
 die() { echo "initrd: $*"; echo 1 > /proc/sys/kernel/sysrq; echo o > /proc/sysrq-trigger; $B sleep 3; echo b > /proc/sysrq-trigger; }
 $B mount -t devtmpfs dev /dev; $B mount -t proc proc /proc; $B mount -t sysfs sys /sys
 for m in virtio_ring virtio virtio_mmio virtio_blk virtio_console vsock vmw_vsock_virtio_transport_common \
-         vmw_vsock_virtio_transport overlay; do
+         vmw_vsock_virtio_transport overlay failover net_failover virtio_net; do
   $B insmod /lib/modules/$m.ko 2>/dev/null || echo "initrd: insmod $m failed"
 done
 INIT=/usr/sbin/sci; ROOT=/dev/vda; MODE=ro
@@ -80,7 +80,8 @@ if [ ! -s "$G/initrd.cpio.gz" ] || [ ! -c "$G/initrd.d/dev/console" ] \
   M=$K/lib/modules/$KVER/kernel
   MODS="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/block/virtio_blk
         drivers/char/virtio_console net/vmw_vsock/vsock net/vmw_vsock/vmw_vsock_virtio_transport_common
-        net/vmw_vsock/vmw_vsock_virtio_transport fs/overlayfs/overlay"
+        net/vmw_vsock/vmw_vsock_virtio_transport fs/overlayfs/overlay net/core/failover drivers/net/net_failover
+        drivers/net/virtio_net"
   for m in $MODS; do
     f=$(find "$M/$(dirname "$m")" -maxdepth 1 -name "$(basename "$m").ko*" | head -1)
     case $f in *.xz) xz -dc "$f" > "$I/lib/modules/$(basename "$m").ko";; *) cp "$f" "$I/lib/modules/";; esac

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from conftest import STATE, Prefix, make_prefix
+from flake_pilot.firecracker import vmdef
 from guest import GuestImages, guest_images
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root]  # guests built with debootstrap, booted under QEMU
@@ -115,7 +116,7 @@ def deb(images: GuestImages, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "--rootfs",
         f"file://{images.rootfs}",
         "--kernel",
-        f"file://{images.kernel}",
+        f"file://{images.kernel.with_name('vmlinux')}",  # the ELF Firecracker takes: QEMU boots it too (PVH)
         "--initrd",
         f"file://{images.initrd}",
         "--install-sci",
@@ -130,9 +131,10 @@ def deb(images: GuestImages, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (root / "tar-src" / "etc").mkdir(parents=True)
     (root / "tar-src" / "etc" / "from-tar").write_text("included by tar\n")
     subprocess.run(["tar", "-C", str(root / "tar-src"), "-cf", str(root / "inc.tar"), "etc"], check=True)
-    common = ["--vm", "deb", "--vmm", "qemu", "--target", "/bin/sh", "--no-net", "--overlay-size", "64MiB"]
+    common = ["--vm", "deb", "--vmm", "qemu", "--target", "/bin/sh", "--overlay-size", "64MiB"]
     for app, extra in (
-        ("vsh", []),
+        ("vsh", ["--no-net"]),
+        # networking on (ip=dhcp in the boot args): a user-mode network NIC, no TAP device
         ("rsh", ["--resume", "--include-tar", str(root / "inc.tar"), "--include-path", str(include_dir / "tree")]),
     ):
         reg = prefix.ctl("firecracker", "register", "--app", str(prefix.bin_dir / app), *common, *extra)
@@ -256,6 +258,9 @@ def test_resume_vm_serves_every_case(deb: Deb) -> None:
     assert (status, out) == (0, "included by tar\nincluded by path\n"), err
     pid = deb.vm_pid("rsh")
     assert qemu_alive(pid)  # kept after the program ended
+    mac = vmdef.guest_mac(os.getuid(), "rsh").lower()
+    assert deb.run("rsh", "-c", "cat /sys/class/net/eth0/address") == (0, mac + "\n", "")  # the user-mode NIC
+    assert not (deb.state / "rsh.tap").exists()
     show = deb.prefix.ctl("firecracker", "show", "--format", "json")
     assert show.returncode == 0, show.stderr
     listed = {r["name"]: (r["status"], r["id"]) for r in json.loads(show.stdout)}

@@ -184,6 +184,8 @@ def main() -> int:
         import_image(BB_IMAGE, busybox_rootfs_tar(), storage)
     with tempfile.TemporaryDirectory(prefix="flake-bench-") as tmp:
         root = Path(tmp)
+        if args.rootless:
+            root.chmod(0o755)  # the test user runs the launcher installed here
         (root / "flakes").mkdir()
         (root / "bin").mkdir()
         if args.installed:

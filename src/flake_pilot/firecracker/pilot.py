@@ -1,18 +1,22 @@
-"""firecracker-pilot: run a registered app in a Firecracker microVM as if it were native.
+"""firecracker-pilot: run a registered app in a microVM as if it were native.
 
 ``/usr/bin/<app>`` is a symlink to this launcher; the app name is ``basename(argv[0])``.
 Caller arguments: ``@NAME`` (instance names, all joined: ``app@a@b``), ``%port:N`` (guest vsock
-port of sci), ``%progress`` (spinner while the guest boots); other ``%x`` are ignored; ``@@x`` and
-``%%x`` pass a literal ``@x`` / ``%x``; the rest goes to the program verbatim.
+port of sci, Firecracker), ``%progress`` (spinner while the guest boots); other ``%x`` are
+ignored; ``@@x`` and ``%%x`` pass a literal ``@x`` / ``%x``; the rest goes to the program verbatim.
 
-Modes (from the registration):
-  one-shot, serial console   firecracker runs in the foreground, the console is the program's
-                             output (fallback for images without our sci: no exit status, no
-                             separate stderr)
-  one-shot, force_vsock      the VM boots in the background, the session runs over vsock,
-                             the VM is killed when the program ends
+The VM monitor is ``vm.runtime.vmm``: Firecracker (sessions over vsock) or QEMU (``qemu.py``:
+sessions over virtio-serial ports, KVM when usable, else TCG).
+
+Modes (from the registration, ``vmdef.session_mode``):
+  one-shot, session          the default for images with our sci (``console: false``) or with
+                             force_vsock: the VM boots in the background, the program runs in a
+                             sci session, the VM is killed when the program ends
+  one-shot, serial console   compatibility (``console: true``, the original's files, images
+                             without our sci): the VMM runs in the foreground, the console is
+                             the program's terminal (no exit status, no separate stderr)
   resume                     the VM is kept (own session, survives the caller), every call is
-                             a new session over vsock; concurrent first calls boot exactly one VM
+                             a new session; concurrent first calls boot exactly one VM
 """
 
 import _signal as signal  # the C module: ``signal`` imports enum (~7 ms of start-up)

@@ -10,6 +10,7 @@ in the prefix, not in /usr/bin.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import subprocess
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Prefix, busybox_rootfs_tar, import_image, make_prefix, need, podman
+from conftest import BIN, STATE, Prefix, busybox_rootfs_tar, import_image, make_prefix, need, podman
 from debian_build import build_deb, clean_env, copy_tree, installed_version, run
+from registry import Registry
 
 PILOT = "flake-pilot"
 PKG = "flake-deb-test-bb"
@@ -29,6 +31,14 @@ PULL_PKG = "flake-deb-test-pull"
 OURS = (PKG, VM_PKG, PULL_PKG)
 PACKAGES_DIR = Path("/usr/share/flake-pilot/packages")
 EPOCH = "1700000000"
+# installs packages on the host with dpkg and apt-get (the flake-pilot package is built first)
+INSTALLS = (pytest.mark.root, pytest.mark.build)
+
+
+def installs(test):  # type: ignore[no-untyped-def]
+    for mark in INSTALLS:
+        test = mark(test)
+    return test
 
 
 def status(package: str) -> str | None:
@@ -42,7 +52,18 @@ def purge(*packages: str) -> None:
 
 @pytest.fixture(scope="module")
 def pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """flake-pilot installed from this tree; afterwards the host is as before (our packages purged)."""
+    """flake-pilot installed from this tree; afterwards the host is as before (our packages purged).
+
+    The module holds a host-wide lock while it does so: another run of these tests on the same
+    host (same package names) waits for it instead of installing and purging in between.
+    """
+    STATE.mkdir(parents=True, exist_ok=True)
+    with open(STATE / "build-deb-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the module's tests are done
+        yield from _installed_pilot(tmp_path_factory)
+
+
+def _installed_pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     for package in OURS:
         need(not status(package), f"{package} is installed on this machine; purge it first (dpkg --purge {package})")
     before = installed_version()
@@ -139,6 +160,7 @@ def run_apps(p: Prefix, env: dict[str, str], sh: Path, cat: Path, version: str) 
     assert (mixed.returncode, mixed.stdout, mixed.stderr) == (3, "out\n", "err\n")
 
 
+@installs
 def test_podman_package_dpkg_apt_upgrade_purge(
     pilot: None, prefix: Prefix, versions: dict[str, str], tmp_path: Path
 ) -> None:
@@ -196,6 +218,7 @@ def test_podman_package_dpkg_apt_upgrade_purge(
         purge(PKG)
 
 
+@installs
 def test_apt_installs_from_the_repository_and_purge_leaves_nothing(
     pilot: None, prefix: Prefix, versions: dict[str, str], tmp_path: Path
 ) -> None:
@@ -216,12 +239,13 @@ def test_apt_installs_from_the_repository_and_purge_leaves_nothing(
         purge(PKG)
 
 
+@installs
 def test_pull_at_install_time_with_register_options(
     pilot: None,
     prefix: Prefix,
     versions: dict[str, str],
     tmp_path: Path,
-    local_registry,
+    local_registry: Registry,
 ) -> None:
     ref = local_registry.push(versions["1"], "flake-test/deb-pull:1", storage=prefix.storage)
     env = host_env(prefix, tmp_path, **local_registry.env())
@@ -260,6 +284,7 @@ def test_pull_at_install_time_with_register_options(
         purge(PULL_PKG)
 
 
+@installs
 def test_configure_refuses_a_flake_registered_by_hand_and_purge_keeps_it(
     pilot: None, prefix: Prefix, versions: dict[str, str], tmp_path: Path
 ) -> None:
@@ -297,6 +322,7 @@ def test_configure_refuses_a_flake_registered_by_hand_and_purge_keeps_it(
         purge(PKG)
 
 
+@installs
 def test_vm_package_install_show_launch_purge(
     pilot: None,
     tmp_path: Path,
@@ -329,6 +355,9 @@ def test_vm_package_install_show_launch_purge(
         "1.0",
         "--output",
         str(out),
+        "--",
+        "--vmm",
+        "firecracker",
     )
     deb = next(out.glob(f"{VM_PKG}_1.0_*.deb"))
     assert "podman" not in run(["dpkg-deb", "-f", str(deb), "Depends"]).stdout
@@ -340,7 +369,8 @@ def test_vm_package_install_show_launch_purge(
         assert (registry / image / "kernel").read_bytes() == kernel.read_bytes()
         ctl = ["/usr/bin/flake-ctl"]
         listed = run([*ctl, "list", "--format", "json"], env=env).stdout
-        assert str(app) in listed and image in (p.flakes_dir / "fdt-hello.yaml").read_text()
+        registered = (p.flakes_dir / "fdt-hello.yaml").read_text()
+        assert str(app) in listed and image in registered and "vmm: firecracker" in registered
         images = run([*ctl, "firecracker", "images", "--format", "json"], env=env).stdout
         assert image in images
         run([*ctl, "firecracker", "show"], env=env)
@@ -409,6 +439,9 @@ def test_two_builds_are_identical(prefix: Prefix, versions: dict[str, str], tmp_
         (["--name", "Bad_Name"], 2, "not a Debian package name"),
         (["--version", "latest"], 2, "not a Debian version"),
         (["--app", "/opt/x/../y"], 2, ".."),
+        (["--", "--no-such-option"], 2, "unrecognized arguments: --no-such-option"),
+        (["--", "--app", "/usr/bin/other"], 2, "only register options"),
+        (["--", "--opt"], 2, "expected at least one argument"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -416,13 +449,13 @@ def test_bad_input_is_one_line_and_writes_nothing(
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    given = dict(zip(args[::2], args[1::2], strict=True))
+    given = set(args[: args.index("--")] if "--" in args else args)
     argv = [
         *("--container", versions["1"]) * ("--container" not in given and "--oci" not in given),
         *("--app", f"{prefix.bin_dir}/fdt-cat:/bin/cat") * ("--app" not in given),
-        *args,
         "--output",
         str(out),
+        *args,
     ]
     res = build(prefix, "podman", *argv, check=False)
     assert res.returncode == code, res.stderr

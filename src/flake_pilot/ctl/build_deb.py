@@ -93,6 +93,12 @@ def add_parsers(subparsers: argparse._SubParsersAction, engine: str) -> None:  #
         p.add_argument("--overlay-size", metavar="SIZE", help="register with --overlay-size, e.g. 20GiB")
         p.add_argument("--no-net", action="store_true", help="register with --no-net")
         p.add_argument("--run-as", metavar="USER", help="runtime.runas of the registrations (default: root)")
+    p.add_argument(
+        "register_options",
+        nargs="*",
+        metavar="-- REGISTER_OPTION",
+        help=f"after '--': more options for 'flake-ctl {engine} register', given to every app's registration",
+    )
     _extend(p, "--include-tar", "TAR", "tar archive shipped in the package and unpacked into the instance")
     _extend(p, "--include-path", "PATH", "host path on the installing host copied into the instance")
     _common_options(p)
@@ -114,7 +120,8 @@ def add_parsers(subparsers: argparse._SubParsersAction, engine: str) -> None:  #
 
 
 def _includes(args: argparse.Namespace, package: str, work: str) -> tuple[list[str], dict[str, str]]:
-    """Copy --include-tar files into the work dir; their paths relative to the packages dir."""
+    """Copy --include-tar files into the work dir; their paths once installed, and the payload."""
+    from ..debpkg import PACKAGES_DIR
     from ..errors import NotFoundError
     from .common import require_abs
 
@@ -128,7 +135,7 @@ def _includes(args: argparse.Namespace, package: str, work: str) -> tuple[list[s
         copy = os.path.join(work, f"include-{index}")
         shutil.copyfile(path, copy)
         payload[rel] = copy
-        rels.append(f"{package}/{rel}")
+        rels.append(os.path.join(PACKAGES_DIR, package, rel))
     for value in args.include_path:
         require_abs(value, "--include-path")
     return rels, payload
@@ -177,6 +184,32 @@ def _check_early(args: argparse.Namespace) -> list[Any]:
         raise UsageError(f"{'--repo' if args.repo else '--output'}: {out}: no such directory")
     build.source_date_epoch()
     return apps
+
+
+def _register_options(args: argparse.Namespace, engine: str, options: list[str], image: str, app: Any) -> list[str]:
+    """*options* plus those after '--', checked by parsing a trial ``register`` command line."""
+    import contextlib
+    import io
+
+    from ..debpkg.hooks import register_argv
+    from ..errors import UsageError
+    from .main import build_parser
+
+    options = [*options, *args.register_options]
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            trial = build_parser().parse_args(
+                register_argv(engine, image, {"app": app.path, "target": app.target}, options)
+            )
+    except SystemExit:
+        lines = errors.getvalue().strip().splitlines()
+        detail = lines[-1].split(": error: ", 1)[-1] if lines else "refused"
+        raise UsageError(f"register options {' '.join(options)!r}: {detail}") from None
+    given = (trial.app, trial.target, getattr(trial, "container", None) or getattr(trial, "vm", None))
+    if given != (app.path, app.target, image) or getattr(trial, "info", False) or getattr(trial, "user", False):
+        raise UsageError("after '--': only register options; the image, --app, --target and the scope are build-deb's")
+    return options
 
 
 def _finish(args: argparse.Namespace, deb: str, mtime: int) -> int:
@@ -241,6 +274,14 @@ def cmd_build_podman(args: argparse.Namespace) -> int:
             f"Image: {named}" + ("" if saved else " (pulled when the package is installed)"),
         ]
         include_tar, payload = _includes(args, name, work)
+        options = ["--resume"] * args.resume + ["--attach"] * args.attach
+        options += [item for opt in args.opt for item in ("--opt", opt)]
+        options += ["--base", base] if base else []
+        options += [item for layer in layers for item in ("--layer", layer)]
+        options += ["--check-host-dependencies"] * args.check_host_dependencies
+        options += [item for tar in include_tar for item in ("--include-tar", tar)]
+        options += [item for path in args.include_path for item in ("--include-path", path)]
+        register = _register_options(args, "podman", options, reference, apps[0])
         source: dict[str, Any]
         if saved:
             source = {"source": "archive", "archive": "image.tar", "id": saved.image_id}
@@ -253,16 +294,7 @@ def cmd_build_podman(args: argparse.Namespace) -> int:
             "package": name,
             "image": source,
             "apps": [{"app": a.path, "target": a.target} for a in apps],
-            "register": {
-                "resume": bool(args.resume),
-                "attach": bool(args.attach),
-                "opts": opts,
-                "base": base,
-                "layers": layers,
-                "check_host_dependencies": bool(args.check_host_dependencies),
-                "include_tar": include_tar,
-                "include_path": list(args.include_path),
-            },
+            "register": register,
         }
         args.engine_dep = "podman"
         meta = _meta(args, name, version, arch, summary, details)
@@ -342,6 +374,12 @@ def cmd_build_firecracker(args: argparse.Namespace) -> int:
         digest = hashlib.sha256(combined.encode()).hexdigest()[:12]
         include_tar, more = _includes(args, name, work)
         payload.update(more)
+        options = ["--resume"] * args.resume + ["--force-vsock"] * args.force_vsock + ["--no-net"] * args.no_net
+        options += ["--overlay-size", args.overlay_size] if args.overlay_size else []
+        options += ["--run-as", args.run_as or "root"]
+        options += [item for tar in include_tar for item in ("--include-tar", tar)]
+        options += [item for path in args.include_path for item in ("--include-path", path)]
+        register = _register_options(args, "firecracker", options, name, apps[0])
         arch = args.architecture
         if arch is None:
             arch = run(["dpkg", "--print-architecture"]).stdout.decode().strip()
@@ -357,15 +395,7 @@ def cmd_build_firecracker(args: argparse.Namespace) -> int:
             "package": name,
             "image": {"digest": digest, "files": parts},
             "apps": [{"app": a.path, "target": a.target} for a in apps],
-            "register": {
-                "resume": bool(args.resume),
-                "force_vsock": bool(args.force_vsock),
-                "overlay_size": args.overlay_size,
-                "no_net": bool(args.no_net),
-                "run_as": args.run_as,
-                "include_tar": include_tar,
-                "include_path": list(args.include_path),
-            },
+            "register": register,
         }
         args.engine_dep = None  # no Debian package ships firecracker
         meta = _meta(args, name, args.version or "0", arch, summary, details)

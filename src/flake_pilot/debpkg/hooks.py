@@ -10,7 +10,6 @@ launcher at its next call once it is idle.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -220,37 +219,27 @@ def _prune_vm(cfg: Settings, package: str, keep: str | None) -> None:
 # -- the two actions -------------------------------------------------------------------------------
 
 
-def _config(engine: str, app: dict[str, str], image: Any, options: dict[str, Any]) -> dict[str, Any]:
-    if engine == "podman":
-        from ..ctl.podman import container_config
+def register_argv(engine: str, image: str, app: dict[str, str], options: list[str]) -> list[str]:
+    """flake-ctl's own ``register`` command line for one app of the package."""
+    flag = "--container" if engine == "podman" else "--vm"
+    return [engine, "register", flag, image, "--app", app["app"], "--target", app["target"], *options, "--force"]
 
-        return container_config(
-            container=image,
-            app=app["app"],
-            target=app["target"],
-            base=options.get("base"),
-            layers=list(options.get("layers") or []),
-            check_host_dependencies=bool(options.get("check_host_dependencies")),
-            include_tar=[os.path.join(PACKAGES_DIR, t) for t in options.get("include_tar") or []],
-            include_path=list(options.get("include_path") or []),
-            runas="root",
-            resume=bool(options.get("resume")),
-            attach=bool(options.get("attach")),
-            opts=list(options.get("opts") or []),
-        )
-    from ..ctl.firecracker import vm_config
 
-    args = argparse.Namespace(
-        app=app["app"],
-        target=app["target"],
-        no_net=bool(options.get("no_net")),
-        resume=bool(options.get("resume")),
-        force_vsock=bool(options.get("force_vsock")),
-        overlay_size=options.get("overlay_size"),
-        include_tar=[os.path.join(PACKAGES_DIR, t) for t in options.get("include_tar") or []],
-        include_path=list(options.get("include_path") or []),
-    )
-    return vm_config(args, image, str(options.get("run_as") or "root"))
+def _register(argv: list[str], where: str) -> None:
+    import contextlib
+    import io
+
+    from ..ctl.main import build_parser
+
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = build_parser().parse_args(argv)
+    except SystemExit:
+        message = errors.getvalue().strip().splitlines()
+        detail = message[-1].split(": error: ", 1)[-1] if message else " ".join(argv)
+        raise ConfigError(f"{where}: this flake-ctl refuses the registration: {detail}") from None
+    args.func(args)
 
 
 def configure(engine: str, package: str) -> int:
@@ -275,10 +264,9 @@ def configure(engine: str, package: str) -> int:
     for stale in _owned_apps(cfg, engine, package):
         if stale not in wanted:  # an app the previous version had
             _remove_app(cfg, engine, stale)
-    options = manifest.get("register") or {}
-    for app in apps:
-        registration.register(cfg.flakes_dir, app["app"], launcher, _config(engine, app, image, options), True)
-        print(f"registered {app['app']} -> {name}")
+    options = [str(o) for o in manifest.get("register") or []]
+    for app in apps:  # as `flake-ctl ENGINE register ... --force` would
+        _register(register_argv(engine, name, app, options), manifest_path(package))
     if engine == "podman":
         _prune_podman(cfg, package, keep=name)
     else:

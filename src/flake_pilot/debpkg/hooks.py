@@ -70,7 +70,7 @@ def _owned_apps(cfg: Settings, engine: str, package: str) -> list[str]:
 # -- instances -------------------------------------------------------------------------------------
 
 
-PODMAN_STATE = (".cid", ".pid", ".lock", ".spec")
+PODMAN_STATE = (".cid", ".pid", ".lock", ".spec", ".oci")  # instance.Paths, oci.SUFFIX
 VM_STATE = (".run.ext2", ".ext2", ".fc.log", ".vmid", ".lock", ".tap")
 
 
@@ -99,11 +99,12 @@ def _clear_podman_instances(cfg: Settings, podman: list[str], env: dict[str, str
     from ..podman import instance
 
     files = _instance_files(cfg.podman_ids_dir, app, PODMAN_STATE)
-    for directory, entry, _meta in files:
-        if entry.endswith(".cid"):
-            cid = instance.read_cid(os.path.join(directory, entry))
-            if cid:
-                run([*podman, "rm", "-f", "-t", "0", cid], env=env, check=False)
+    for directory, meta in sorted({(d, m) for d, _e, m in files}):
+        paths = instance.Paths(directory, meta)
+        cid = instance.read_cid(paths.cid)
+        if cid:
+            run([*podman, "rm", "-f", "-t", "0", cid], env=env, check=False)
+        instance.clear(paths)
     for directory, entry, _meta in files:
         statedir.remove_file(os.path.join(directory, entry))
 

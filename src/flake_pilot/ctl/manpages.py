@@ -54,6 +54,7 @@ CTL_SECTIONS: dict[str, list[tuple[str, str, str]]] = {
         _FILES,
     ],
     "flake-ctl-firecracker-register": [
+        ("VM MONITORS", "vm-engines.md", "Registration keys"),
         ("FILES", "configuration.md", "Registrations"),
         ("FILES", "configuration.md", "VM registration keys"),
     ],

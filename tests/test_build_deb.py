@@ -13,14 +13,16 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, STATE, Prefix, busybox_rootfs_tar, import_image, make_prefix, need, podman
+from conftest import BIN, STATE, Prefix, busybox_rootfs_tar, import_image, make_prefix, need, need_test_user, podman
 from debian_build import build_deb, clean_env, copy_tree, installed_version, run
 from registry import Registry
 
@@ -478,3 +480,78 @@ def test_help_documents_the_command() -> None:
     for engine in ("podman", "firecracker"):
         proc = subprocess.run([str(BIN / "flake-ctl"), engine, "build-deb", "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "--app HOST_PATH[:TARGET]" in proc.stdout and "--repo DIR" in proc.stdout
+
+
+def test_build_needs_no_root(prefix: Prefix, versions: dict[str, str]) -> None:
+    """The unprivileged test user builds from an image archive (its own rootless podman for the
+    throw-away storage) the same bytes as root."""
+    user = need_test_user()
+    work = Path(tempfile.mkdtemp(prefix="build-deb-", dir=STATE))
+    try:
+        work.chmod(0o755)
+        archive = work / "image.tar"
+        podman("save", "-q", "-o", str(archive), versions["1"], storage=prefix.storage)
+        archive.chmod(0o644)
+        home, mine, theirs = work / "home", work / "root-out", work / "user-out"
+        for d in (home, mine, theirs):
+            d.mkdir()
+        os.chown(home, user.pw_uid, user.pw_gid)
+        os.chown(theirs, user.pw_uid, user.pw_gid)
+        options = ["--oci", str(archive), "--app", "/opt/fdt/cat:/bin/cat", "--name", PKG]
+        build(prefix, "podman", *options, "--output", str(mine))
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "SOURCE_DATE_EPOCH": EPOCH, "LANG": "C.UTF-8"}
+        conf = os.environ.get("CONTAINERS_CONF")
+        env.update({"CONTAINERS_CONF": conf} if conf else {})
+        as_user = ["runuser", "-u", user.pw_name, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items())]
+        ctl = [str(BIN / "flake-ctl"), "podman", "build-deb", *options, "--output", str(theirs)]
+        res = subprocess.run([*as_user, *ctl], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        [built] = theirs.iterdir()
+        assert built.stat().st_uid == user.pw_uid
+        assert built.read_bytes() == next(mine.iterdir()).read_bytes()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@installs
+def test_failed_first_configure_leaves_no_image(pilot: None, tmp_path: Path) -> None:
+    """A registration the installing host refuses (an --include-path it lacks): postinst fails
+    with one line and takes the VM image it had put into the registry out again."""
+    p = make_prefix(tmp_path / "prefix", tmp_path / "no-podman-storage")
+    env = host_env(p, tmp_path)
+    rootfs, kernel = tmp_path / "rootfs", tmp_path / "kernel"
+    rootfs.write_bytes(b"\0" * 4096)
+    kernel.write_bytes(b"kernel")
+    out = tmp_path / "out"
+    out.mkdir()
+    app = p.bin_dir / "fdt-vm"
+    missing = tmp_path / "not-on-this-host"
+    options = ("--overlay-size", "64MiB", "--include-path", str(missing))
+    build(
+        p,
+        "firecracker",
+        "--rootfs",
+        str(rootfs),
+        "--kernel",
+        str(kernel),
+        "--app",
+        str(app),
+        *options,
+        "--name",
+        VM_PKG,
+        "--output",
+        str(out),
+    )
+    try:
+        failed = subprocess.run(
+            ["dpkg", "-i", str(next(out.glob("*.deb")))], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert failed.returncode != 0
+        assert f"flake-ctl: --include-path: {missing}: no such file or directory\n" in failed.stderr
+        registry = p.root / "firecracker" / "images"
+        assert not registry.exists() or list(registry.iterdir()) == []
+        assert list(p.flakes_dir.glob("fdt-vm*")) == []
+        run(["dpkg", "--purge", VM_PKG], env=env)
+        check_gone(p, VM_PKG, [app])
+    finally:
+        purge(VM_PKG)

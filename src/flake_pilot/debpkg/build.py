@@ -87,7 +87,7 @@ def staging(output_dir: str) -> Iterator[str]:
     if not os.path.isdir(output_dir):
         raise UsageError(f"{output_dir}: output directory does not exist")
     try:
-        work = tempfile.mkdtemp(prefix=".build-deb-", dir=output_dir)
+        work = tempfile.mkdtemp(prefix=".build-deb-", dir=os.path.abspath(output_dir))
     except OSError as exc:
         raise FlakeError(f"{output_dir}: cannot write the package there: {exc.strerror}") from exc
     try:

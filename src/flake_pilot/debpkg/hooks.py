@@ -262,12 +262,17 @@ def configure(engine: str, package: str) -> int:
     image: Any = _podman_image(cfg, package, source) if engine == "podman" else _vm_image(cfg, package, source)
     name = str(image) if engine == "podman" else str(image.name)
     wanted = {a["app"] for a in apps}
-    for stale in _owned_apps(cfg, engine, package):
-        if stale not in wanted:  # an app the previous version had
-            _remove_app(cfg, engine, stale)
     options = [str(o) for o in manifest.get("register") or []]
-    for app in apps:  # as `flake-ctl ENGINE register ... --force` would
-        _register(register_argv(engine, name, app, options), manifest_path(package))
+    try:
+        for stale in _owned_apps(cfg, engine, package):
+            if stale not in wanted:  # an app the previous version had
+                _remove_app(cfg, engine, stale)
+        for app in apps:  # as `flake-ctl ENGINE register ... --force` would
+            _register(register_argv(engine, name, app, options), manifest_path(package))
+    except BaseException:
+        if not _owned_apps(cfg, engine, package):  # a first install that failed: its image goes too
+            (_prune_podman if engine == "podman" else _prune_vm)(cfg, package, None)
+        raise
     if engine == "podman":
         _prune_podman(cfg, package, keep=name)
     else:

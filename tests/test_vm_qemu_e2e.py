@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import STATE, Prefix, make_prefix
+from conftest import STATE, Prefix, make_prefix, need_root
 from flake_pilot.firecracker import vmdef
 from guest import GuestImages, guest_images
 
@@ -98,8 +98,7 @@ def read_until(fd: int, marker: bytes, timeout: float = 120) -> bytes:
 
 @pytest.fixture(scope="module")
 def images() -> GuestImages:
-    if os.geteuid() != 0:
-        pytest.skip("VM end-to-end tests need root (scripts/build-guest.sh runs debootstrap): run `make test` as root")
+    need_root("the guest images are built with debootstrap")
     return guest_images()
 
 

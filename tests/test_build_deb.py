@@ -107,7 +107,7 @@ def build(p: Prefix, engine: str, *args: str, check: bool = True) -> subprocess.
     return res
 
 
-def apt_get(env: dict[str, str], tmp_path: Path, repo: Path, *args: str) -> None:
+def apt_get(env: dict[str, str], tmp_path: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
     """apt-get with only the local repository as source and its own lists and cache."""
     base = tmp_path / "apt"
     for d in ("lists/partial", "cache/archives/partial", "parts"):
@@ -128,7 +128,7 @@ def apt_get(env: dict[str, str], tmp_path: Path, repo: Path, *args: str) -> None
     ]
     env = {**env, "DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", *opts, "update"], env=env)
-    run(["apt-get", *opts, "install", "-y", "--no-install-recommends", *args], env=env)
+    return run(["apt-get", *opts, "install", "-y", "--no-install-recommends", *args], env=env)
 
 
 def owned_images(package: str) -> list[str]:
@@ -203,15 +203,31 @@ def test_podman_package_dpkg_apt_upgrade_purge(
         run_apps(prefix, env, sh, cat, "1")
         assert (prefix.ids_dir / "0" / "fdt-cat.cid").exists()  # a resume instance of version 1 runs
 
-        apt_get(env, tmp_path, repo, PKG)  # the upgrade, from the repository
+        v1_instances = podman("ps", "-a", "-q", "--filter", f"ancestor={v1_image}", storage=prefix.storage).stdout
+        assert len(v1_instances.split()) == 2  # fdt-sh's and fdt-cat's resume instances
+        upgraded = apt_get(env, tmp_path, repo, PKG)  # the upgrade, from the repository
         assert status(PKG) == "install ok installed 2.0"
         v2_image = next(n for n in owned_images(PKG) if n != v1_image)
         assert v2_image in (prefix.flakes_dir / "fdt-cat.yaml").read_text()
-        run_apps(prefix, env, sh, cat, "2")  # the old instance was replaced at its next idle call
+        assert f"image {v1_image} kept" in upgraded.stderr + upgraded.stdout  # its instances still run
+        run_apps(prefix, env, sh, cat, "2")  # the old instances were replaced at their next idle call
+        left = podman("ps", "-a", "-q", "--filter", f"ancestor={v1_image}", storage=prefix.storage).stdout
+        assert left.split() == [] and v1_image in owned_images(PKG)  # it goes with the next upgrade or removal
 
         removed = run(["dpkg", "-r", PKG], env=env)
         assert f"removed {cat}" in removed.stdout
         assert owned_images(PKG) == []
+        for image in (v1_image, v2_image):  # gone, not left nameless (the source image has the same ID)
+            tags = podman(
+                "image",
+                "inspect",
+                "--format",
+                "{{.RepoTags}}",
+                image.rsplit(":", 1)[1],
+                check=False,
+                storage=prefix.storage,
+            )
+            assert tags.returncode != 0 or "localhost/flake-test/deb-v" in tags.stdout, tags.stdout
         run(["dpkg", "--purge", PKG], env=env)
         check_gone(prefix, PKG, [sh, cat])
         containers = podman("ps", "-a", "--format", "{{.Image}}", storage=prefix.storage).stdout

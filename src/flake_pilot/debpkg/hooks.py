@@ -169,6 +169,11 @@ def _prune_podman(cfg: Settings, package: str, keep: str | None) -> None:
     for name in _podman_names(podman, env, image_repo(package)):
         if name == keep:
             continue
+        if keep:  # `podman image rm` would only untag an image a container uses: it would stay, nameless
+            users = run([*podman, "ps", "-a", "-q", "--filter", f"ancestor={name}"], env=env, check=False)
+            if users.returncode != 0 or users.stdout.strip():
+                sys.stderr.write(f"flake-ctl: image {name} kept: in use by an instance (it goes at the next upgrade)\n")
+                continue
         _free_composed(cfg, image=name)
         done = run([*podman, "image", "rm", *([] if keep else ["--force"]), name], env=env, check=False)
         if done.returncode == 0:

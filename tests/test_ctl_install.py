@@ -180,7 +180,9 @@ def test_make_build_install_uninstall_leaves_the_tree_as_before(tmp_path: Path) 
     install put in place (the directories it created too), keeps a configuration file the user
     changed, and leaves what was there before untouched."""
     stage, dest = tmp_path / "stage", tmp_path / "dest"
-    paths = [f"STAGE={stage}", f"DESTDIR={dest}", "PREFIX=/usr", "SYSCONFDIR=/etc", f"PYTHON={HOSTPY}"]
+    # STAGE relative to the checkout, like its default build/stage
+    paths = [f"STAGE={os.path.relpath(stage, ROOT)}", f"DESTDIR={dest}", "PREFIX=/usr", "SYSCONFDIR=/etc"]
+    paths.append(f"PYTHON={HOSTPY}")
     (dest / "usr/share/man/man8").mkdir(parents=True)
     (dest / "usr/share/man/man8/other.8").write_text("someone else's page\n")
     before = _tree(dest)

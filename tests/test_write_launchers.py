@@ -43,7 +43,8 @@ def test_one_launcher_per_console_script(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith("flake-ctl "), version.stderr
 
 
-def test_relative_paths_are_refused(tmp_path: Path) -> None:
-    done = write("python3", "/usr/lib/flake-pilot", str(tmp_path))
-    assert done.returncode == 2 and done.stderr.startswith("usage: write-launchers"), done.stderr
+def test_relative_paths_in_the_launcher_are_refused(tmp_path: Path) -> None:
+    for python, libdir in (("python3", "/usr/lib/flake-pilot"), ("/usr/bin/python3", "lib/flake-pilot")):
+        done = write(python, libdir, str(tmp_path))
+        assert done.returncode == 2 and done.stderr.startswith("usage: write-launchers"), done.stderr
     assert os.listdir(tmp_path) == []

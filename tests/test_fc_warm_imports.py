@@ -12,6 +12,7 @@ from pathlib import Path
 
 import flake_pilot
 from conftest import check_preload, imported, need
+from test_launch_imports import foreign
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTPY = "/usr/bin/python3"
@@ -72,6 +73,7 @@ def test_installed_launcher_warm_launch_imports(
     warm = imported(launch(HOSTPY, "-IS", "-X", "importtime"))
     assert "flake_pilot" in warm  # the trace is real
     assert not NOT_AT_LAUNCH & warm, sorted(warm)
+    assert foreign(warm) == set()  # the launchers' one import rule (tests/test_launch_imports.py)
     # the warm modules run from their .pyc without the import system; a stale one falls back to it
     check_preload(
         lambda: imported(launch(HOSTPY, "-IS", "-X", "importtime")),

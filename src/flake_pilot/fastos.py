@@ -78,7 +78,7 @@ _ERRORS = sys.getfilesystemencodeerrors()
 
 TYPE_CHECKING = False  # typing is not imported at launch; mypy treats this name as True
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Callable, MutableMapping
 
 environ: "MutableMapping[str, str]"
 if "os" in sys.modules:  # loaded anyway (flake-ctl, tests): the same mapping, changes included
@@ -161,3 +161,30 @@ def which(program: str) -> str | None:
         if access(path, X_OK) and not isdir(path):
             return path
     return None
+
+
+_prctl: "list[Callable[..., int]]" = []
+
+
+def prctl_function() -> "Callable[..., int]":
+    """libc's prctl(2) as a callable ``prctl(option, arg2, arg3, arg4, arg5)``, through the
+    ``_ctypes`` C module where it can (it loads in <1 ms; the ``ctypes`` package takes ~3 ms,
+    with ``os``). Resolve it before a fork: the child then only calls it."""
+    if not _prctl:
+        try:
+            import _ctypes
+
+            libc = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]  # None: the process
+            addr = _ctypes.dlsym(libc, "prctl")
+            call = _ctypes.call_function
+
+            def direct(*args: int) -> int:
+                result: int = call(addr, args)
+                return result
+
+            _prctl.append(direct)
+        except (ImportError, AttributeError, OSError):  # pragma: no cover - another Python
+            import ctypes
+
+            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
+    return _prctl[0]

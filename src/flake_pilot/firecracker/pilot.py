@@ -105,27 +105,6 @@ def _raise_interrupted(signo: int, _frame: object) -> None:
     raise Interrupted(signo)
 
 
-def _prctl() -> object:
-    """A callable ``prctl(option, arg2, ...)`` (libc's), through ``_ctypes`` where it can: the C
-    module loads in <1 ms, the ``ctypes`` package in ~3 ms."""
-    try:
-        import _ctypes
-
-        libc = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]  # None: the process
-        addr = _ctypes.dlsym(libc, "prctl")
-        call = _ctypes.call_function
-
-        def prctl(*args: int) -> int:
-            result: int = call(addr, args)
-            return result
-
-        return prctl
-    except (ImportError, AttributeError, OSError):  # pragma: no cover - another Python
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-
-
 def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep: bool) -> int:
     """fork + exec the VMM (cheaper to import than subprocess); the child's PID.
 
@@ -136,7 +115,7 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
     gets PR_SET_PDEATHSIG, so it dies with the launcher, even when that is SIGKILLed.
     """
     debug_console = debug.enabled()
-    prctl = None if keep else _prctl()
+    prctl = None if keep else fastos.prctl_function()
     parent = fastos.getpid()
     err_r, err_w = fastos.pipe2(fastos.O_CLOEXEC)
     pid = fastos.fork()
@@ -145,7 +124,7 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
         try:
             fastos.close(err_r)
             if prctl is not None:
-                prctl(1, signal.SIGKILL, 0, 0, 0)  # type: ignore[operator]  # PR_SET_PDEATHSIG
+                prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
                 if fastos.getppid() != parent:  # the launcher died before prctl took effect
                     fastos._exit(1)
             else:

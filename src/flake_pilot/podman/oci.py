@@ -264,10 +264,8 @@ def _kill(pid: int, signum: int) -> None:
 
 def _subreaper() -> None:
     """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (the detached app) become our children."""
-    import ctypes  # ~3 ms; only on this path (the stdlib has no prctl)
-
-    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    if fastos.prctl_function()(36, 1, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
 def outcome(code: int, log_fd: int, alive: bool) -> int:

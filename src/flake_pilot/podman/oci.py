@@ -128,7 +128,14 @@ def command(rec: "dict[str, object]", args: str, tty: bool) -> "tuple[list[str],
     writes its log through /proc/self/fd) and closed by it before the app starts. With a
     terminal the runtime stays the app's parent (it relays the terminal); without one it
     detaches (``-d``) and ``run_detached`` takes over."""
-    spec = f'{{"args":{args},"terminal":{"true" if tty else "false"},{rec["process"]}'.encode()
+    size = ""
+    if tty:  # the terminal's size from the start (runc only resizes it after the app started)
+        try:
+            columns, lines = fastos.get_terminal_size(0)
+            size = f'"consoleSize":{{"height":{lines},"width":{columns}}},'
+        except OSError:
+            pass
+    spec = f'{{"args":{args},"terminal":{"true" if tty else "false"},{size}{rec["process"]}'.encode()
     spec_fd = _memfd(spec)
     log_fd = _memfd(b"")
     argv: list[str] = []

@@ -15,8 +15,8 @@ CTL = Path(__file__).resolve().parent.parent / "src" / "flake_pilot" / "ctl"
 OWNERS = {
     "init": {"init"},
     "list": {"listing"},
-    "podman": {"podman", "podman_cache"},
-    "firecracker": {"firecracker"},
+    "podman": {"podman", "podman_cache", "build_deb"},
+    "firecracker": {"firecracker", "build_deb"},
     "doctor": {"doctor"},
 }
 

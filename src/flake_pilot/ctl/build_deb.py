@@ -102,7 +102,8 @@ def add_parsers(subparsers: argparse._SubParsersAction, engine: str) -> None:  #
     _extend(p, "--include-tar", "TAR", "tar archive shipped in the package and unpacked into the instance")
     _extend(p, "--include-path", "PATH", "host path on the installing host copied into the instance")
     _common_options(p)
-    p.set_defaults(func=cmd_build_podman if engine == "podman" else cmd_build_firecracker)
+    register = subparsers.choices["register"]  # the package's registrations are made (and checked) by it
+    p.set_defaults(func=cmd_build_podman if engine == "podman" else cmd_build_firecracker, register_parser=register)
 
     p = subparsers.add_parser(
         "deb-hook",
@@ -113,7 +114,7 @@ def add_parsers(subparsers: argparse._SubParsersAction, engine: str) -> None:  #
     )
     p.add_argument("action", choices=("configure", "remove"))
     p.add_argument("package", help="Debian package name")
-    p.set_defaults(func=cmd_hook, engine=engine)
+    p.set_defaults(func=cmd_hook, engine=engine, register_parser=register)
 
 
 # -- shared ---------------------------------------------------------------------------------------
@@ -188,24 +189,15 @@ def _check_early(args: argparse.Namespace) -> list[Any]:
 
 def _register_options(args: argparse.Namespace, engine: str, options: list[str], image: str, app: Any) -> list[str]:
     """*options* plus those after '--', checked by parsing a trial ``register`` command line."""
-    import contextlib
-    import io
-
-    from ..debpkg.hooks import register_argv
+    from ..debpkg.hooks import parse_register, register_argv
     from ..errors import UsageError
-    from .main import build_parser
 
     options = [*options, *args.register_options]
-    errors = io.StringIO()
+    argv = register_argv(engine, image, {"app": app.path, "target": app.target}, options)
     try:
-        with contextlib.redirect_stderr(errors):
-            trial = build_parser().parse_args(
-                register_argv(engine, image, {"app": app.path, "target": app.target}, options)
-            )
-    except SystemExit:
-        lines = errors.getvalue().strip().splitlines()
-        detail = lines[-1].split(": error: ", 1)[-1] if lines else "refused"
-        raise UsageError(f"register options {' '.join(options)!r}: {detail}") from None
+        trial = parse_register(args.register_parser, argv)
+    except SystemExit as exc:
+        raise UsageError(f"register options {' '.join(options)!r}: {exc.code}") from None
     given = (trial.app, trial.target, getattr(trial, "container", None) or getattr(trial, "vm", None))
     if given != (app.path, app.target, image) or getattr(trial, "info", False) or getattr(trial, "user", False):
         raise UsageError("after '--': only register options; the image, --app, --target and the scope are build-deb's")
@@ -235,17 +227,16 @@ def cmd_build_podman(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..runner import which
     from .common import load_settings, podman_engine
-    from .podman import _image_arg, strip_escape
 
     apps = _check_early(args)
-    opts = [strip_escape(x) for x in args.opt]
-    if any(not o or "\0" in o for o in opts):
+    if any(o in ("", "\\") or "\0" in o for o in args.opt):
         raise UsageError("--opt: empty or NUL-containing podman option")
     if args.layer and not args.base:
         raise UsageError("--layer: layers need a base container (--base)")
-    base = _image_arg(args.base, "--base") if args.base else None
-    layers = [_image_arg(x, "--layer") for x in args.layer]
-    reference = _image_arg(args.container or args.oci or args.pull, "--container/--oci/--pull")
+    base = control.image_reference(args.base, "--base") if args.base else None
+    layers = [control.image_reference(x, "--layer") for x in args.layer]
+    given = args.container or args.pull
+    reference = control.image_reference(given, "--container" if args.container else "--pull") if given else args.oci
     mtime = build.source_date_epoch()
     out = args.repo or args.output
     with build.staging(out) as work:
@@ -421,5 +412,5 @@ def cmd_hook(args: argparse.Namespace) -> int:
     from ..debpkg import hooks
 
     if args.action == "configure":
-        return hooks.configure(args.engine, args.package)
+        return hooks.configure(args.engine, args.package, args.register_parser)
     return hooks.remove(args.engine, args.package)

@@ -47,6 +47,13 @@ def one_line(value: str, option: str) -> str:
     return value.strip()
 
 
+def image_reference(value: str, option: str) -> str:
+    """An image reference as ``podman register`` accepts it (no option-like or blank values)."""
+    if not value or value.startswith("-") or any(c.isspace() or c == "\0" for c in value):
+        raise UsageError(f"{option}: {value!r} is not a valid image reference")
+    return value
+
+
 def image_repo(package: str) -> str:
     """The image name (without tag) of the podman images *package* owns."""
     component = package.replace("+", "_x")  # '_' is not in package names: no two packages share one

@@ -10,6 +10,7 @@ launcher at its next call once it is idle.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import sys
@@ -135,6 +136,14 @@ def _exists(podman: list[str], env: dict[str, str], image: str) -> bool:
     return run([*podman, "image", "exists", image], env=env, check=False).returncode == 0
 
 
+def _free_composed(podman: list[str], env: dict[str, str], *, app: str | None = None, image: str | None = None) -> None:
+    """The images delta compositions made for the package's apps or from its images."""
+    from ..podman import compose
+
+    for tag in compose.free_entries(app=app, image=image, podman_argv=podman, env=env):
+        print(f"removed composed image {tag}")
+
+
 def _podman_image(cfg: Settings, package: str, source: dict[str, Any]) -> str:
     """Load (or pull) the package's image into the flake storage; returns the name it gets there."""
     from ..ctl.common import podman_engine
@@ -163,7 +172,6 @@ def _podman_image(cfg: Settings, package: str, source: dict[str, Any]) -> str:
 def _prune_podman(cfg: Settings, package: str, keep: str | None) -> None:
     """Remove the package's other images; with *keep*, one still in use stays until next time."""
     from ..ctl.common import podman_engine
-    from ..ctl.podman import _free_composed
 
     podman, env = podman_engine(cfg)
     for name in _podman_names(podman, env, image_repo(package)):
@@ -174,7 +182,7 @@ def _prune_podman(cfg: Settings, package: str, keep: str | None) -> None:
             if users.returncode != 0 or users.stdout.strip():
                 sys.stderr.write(f"flake-ctl: image {name} kept: in use by an instance (it goes at the next upgrade)\n")
                 continue
-        _free_composed(cfg, image=name)
+        _free_composed(podman, env, image=name)
         done = run([*podman, "image", "rm", *([] if keep else ["--force"]), name], env=env, check=False)
         if done.returncode == 0:
             print(f"removed image {name}")
@@ -226,29 +234,35 @@ def _prune_vm(cfg: Settings, package: str, keep: str | None) -> None:
 
 
 def register_argv(engine: str, image: str, app: dict[str, str], options: list[str]) -> list[str]:
-    """flake-ctl's own ``register`` command line for one app of the package."""
+    """The arguments of ``flake-ctl ENGINE register`` for one app of the package."""
     flag = "--container" if engine == "podman" else "--vm"
-    return [engine, "register", flag, image, "--app", app["app"], "--target", app["target"], *options, "--force"]
+    return [flag, image, "--app", app["app"], "--target", app["target"], *options, "--force"]
 
 
-def _register(argv: list[str], where: str) -> None:
+def parse_register(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """*argv* parsed by flake-ctl's ``register`` parser; SystemExit (its message captured) if refused."""
     import contextlib
     import io
-
-    from ..ctl.main import build_parser
 
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
-            args = build_parser().parse_args(argv)
-    except SystemExit:
-        message = errors.getvalue().strip().splitlines()
-        detail = message[-1].split(": error: ", 1)[-1] if message else " ".join(argv)
-        raise ConfigError(f"{where}: this flake-ctl refuses the registration: {detail}") from None
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        lines = errors.getvalue().strip().splitlines()
+        exc.code = lines[-1].split(": error: ", 1)[-1] if lines else " ".join(argv)
+        raise
+
+
+def _register(parser: argparse.ArgumentParser, argv: list[str], where: str) -> None:
+    try:
+        args = parse_register(parser, argv)
+    except SystemExit as exc:
+        raise ConfigError(f"{where}: this flake-ctl refuses the registration: {exc.code}") from None
     args.func(args)
 
 
-def configure(engine: str, package: str) -> int:
+def configure(engine: str, package: str, register_parser: argparse.ArgumentParser) -> int:
     package_name(package, "PACKAGE")
     manifest = load_manifest(package, engine)
     if manifest is None:
@@ -273,7 +287,7 @@ def configure(engine: str, package: str) -> int:
             if stale not in wanted:  # an app the previous version had
                 _remove_app(cfg, engine, stale)
         for app in apps:  # as `flake-ctl ENGINE register ... --force` would
-            _register(register_argv(engine, name, app, options), manifest_path(package))
+            _register(register_parser, register_argv(engine, name, app, options), manifest_path(package))
     except BaseException:
         if not _owned_apps(cfg, engine, package):  # a first install that failed: its image goes too
             (_prune_podman if engine == "podman" else _prune_vm)(cfg, package, None)
@@ -296,9 +310,9 @@ def _remove_app(cfg: Settings, engine: str, app: str) -> None:
     registration.remove(cfg.flakes_dir, app, LAUNCHERS[engine], force=True)
     print(f"removed {app}")
     if engine == "podman":
-        from ..ctl.podman import _free_composed
+        from ..ctl.common import podman_engine
 
-        _free_composed(cfg, app=os.path.basename(app))  # images composed for its includes or layers
+        _free_composed(*podman_engine(cfg), app=os.path.basename(app))  # composed for its includes, layers
 
 
 def remove(engine: str, package: str) -> int:

@@ -152,6 +152,8 @@ def _podman_image(cfg: Settings, package: str, source: dict[str, Any]) -> str:
     repo = image_repo(package)
     if source.get("source") == "archive":
         ident = str(source.get("id", ""))
+        if len(ident) != 64 or set(ident) - set("0123456789abcdef"):
+            raise ConfigError(f"{manifest_path(package)}: key 'image.id': {ident!r} is not an image ID")
         name = f"{repo}:{ident[:12]}"
         if not _exists(podman, env, name):
             archive = os.path.join(PACKAGES_DIR, package, str(source.get("archive", "")))
@@ -161,7 +163,9 @@ def _podman_image(cfg: Settings, package: str, source: dict[str, Any]) -> str:
     reference = str(source.get("reference", ""))
     existed = _exists(podman, env, reference)
     pulled = run([*podman, "pull", "-q", reference], env=env, timeout=3600)
-    ident = pulled.stdout.decode(errors="replace").split()[-1]
+    ident = (pulled.stdout.decode(errors="replace").split() or [""])[-1]
+    if len(ident) != 64 or set(ident) - set("0123456789abcdef"):
+        raise FlakeError(f"podman pull {reference}: unexpected output {ident!r} (expected the image ID)")
     name = f"{repo}:{ident[:12]}"
     run([*podman, "tag", ident, name], env=env)
     if not existed:  # the reference was only the way in; the package's name is the one to keep

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import BIN, STATE, Prefix, busybox_rootfs_tar, import_image, make_prefix, need, need_test_user, podman
 from debian_build import build_deb, clean_env, copy_tree, installed_version, run
@@ -571,3 +572,51 @@ def test_failed_first_configure_leaves_no_image(pilot: None, tmp_path: Path) -> 
         check_gone(p, VM_PKG, [app])
     finally:
         purge(VM_PKG)
+
+
+def test_register_options_become_the_register_command_line(
+    prefix: Prefix, versions: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    app = f"{prefix.bin_dir}/fdt-delta"
+    build(
+        prefix,
+        "podman",
+        "--container",
+        versions["2"],
+        "--app",
+        f"{app}:/bin/cat",
+        "--base",
+        versions["1"],
+        "--layer",
+        "localhost/flake-test/layer:1",
+        "--attach",
+        "--opt",
+        "\\--net host",
+        "--include-path",
+        "/etc/hosts",
+        "--name",
+        PKG,
+        "--output",
+        str(out),
+        "--",
+        "--check-host-dependencies",
+    )
+    deb = next(out.iterdir())
+    run(["dpkg-deb", "-x", str(deb), str(tmp_path / "x")])
+    manifest = yaml.safe_load((tmp_path / "x" / PACKAGES_DIR.relative_to("/") / PKG / "manifest.yaml").read_text())
+    assert manifest["register"] == [
+        "--attach",
+        "--opt",
+        "\\--net host",
+        "--base",
+        versions["1"],
+        "--layer",
+        "localhost/flake-test/layer:1",
+        "--include-path",
+        "/etc/hosts",
+        "--check-host-dependencies",
+    ]
+    assert manifest["apps"] == [{"app": app, "target": "/bin/cat"}]
+    assert manifest["image"]["source"] == "archive" and len(manifest["image"]["id"]) == 64

@@ -181,6 +181,7 @@ class PodmanFlake:
     resume: bool
     attach: bool
     podman_opts: tuple[str, ...] | None  # None: not configured
+    tls_verify: bool = True  # False: pulls at launch may use a plain-http registry
 
     @property
     def engine(self) -> str:
@@ -263,6 +264,7 @@ def _podman(app: str, config_file: str, r: _Reader) -> PodmanFlake:
         resume=resume,
         attach=attach,
         podman_opts=r.strings((*c, "runtime", "podman")),
+        tls_verify=r.boolean((*c, "runtime", "tls_verify"), default=True),
     )
 
 

@@ -112,21 +112,40 @@ def remove_file(path: str) -> None:
 
 
 class locked:  # noqa: N801 - used like a function; a class avoids importing contextlib at launch
-    """An flock held for the duration of a ``with`` block (released on exit or process death)."""
+    """An flock held for the duration of a ``with`` block (released on exit or process death).
+
+    The holder may ``unlink()`` the lock file (an instance removed with its files): a waiter that
+    then gets the lock of the unlinked file notices and locks the path anew, so the files never
+    pile up and two holders never coexist.
+    """
 
     def __init__(self, path: str, shared: bool = False) -> None:
         self.path, self.shared, self.fd = path, shared, -1
 
     def __enter__(self) -> int:
-        self.fd = _open(self.path, fastos.O_RDWR | fastos.O_CREAT)
         import fcntl
 
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
-        except BaseException:
-            fastos.close(self.fd)
-            raise
-        return self.fd
+        while True:
+            fd = _open(self.path, fastos.O_RDWR | fastos.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
+                held = fastos.fstat(fd)
+                try:
+                    now = fastos.lstat(self.path)
+                    current = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+                except FileNotFoundError:
+                    current = False
+            except BaseException:
+                fastos.close(fd)
+                raise
+            if current:
+                self.fd = fd
+                return fd
+            fastos.close(fd)  # removed while we waited: lock the file that is there now
+
+    def unlink(self) -> None:
+        """Remove the lock file while holding it (call inside the ``with`` block)."""
+        remove_file(self.path)
 
     def __exit__(self, *exc: object) -> None:
         fastos.close(self.fd)

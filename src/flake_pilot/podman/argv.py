@@ -82,6 +82,21 @@ def _volume_host(spec: str) -> str | None:
     return host if host.startswith("/") else None  # named volumes are podman's business
 
 
+def missing_volumes(items: "Sequence[str]", exists: "Callable[[str], bool]" = fastos.exists) -> list[str]:
+    """Host paths of volume options (the forms ``drop_missing_volumes`` knows) that do not exist."""
+    found = []
+    for i, item in enumerate(items):
+        spec = None
+        if item in ("-v", "--volume") and i + 1 < len(items):
+            spec = items[i + 1]
+        elif item.startswith(("--volume=", "-v=")):
+            spec = item.partition("=")[2]
+        host = _volume_host(spec) if spec is not None else None
+        if host is not None and not exists(host):
+            found.append(host)
+    return found
+
+
 def drop_missing_volumes(items: "Sequence[str]", exists: "Callable[[str], bool]" = fastos.exists) -> list[str]:
     """``%ignore_missing_volume_path``: drop volume options whose host path does not exist.
 

@@ -30,6 +30,7 @@ PREFIX = "localhost/flake-composed/"
 LABEL_APP = "io.flake-pilot.composed.app"
 LABEL_INPUTS = "io.flake-pilot.composed.inputs"
 LABEL_KEY = "io.flake-pilot.composed.key"
+TLS_REMEDY = "register the flake with --tls-verify=false"
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,13 @@ def resolve(engine: Engine, flake: PodmanFlake, index: StoreIndex | None = None)
                     "(a localhost/ image cannot be pulled)"
                 )
             debug.log(f"compose: pulling {ref}")
+            from .pull import PullError, pull
+
             try:
-                engine.run("pull", "-q", ref)
-            except EngineError as exc:
+                pull(list(engine.argv), engine.env, ref, tls_verify=flake.tls_verify, remedy=TLS_REMEDY)
+            except PullError as exc:
                 raise NotFoundError(
-                    f"{flake.config_file}: {role}: image {ref} is missing and cannot be pulled: {exc}"
+                    f"{flake.config_file}: {role}: image {ref} is missing and cannot be pulled: {exc.reason}"
                 ) from exc
             iid = engine.image_id(ref)
             if iid is None:

@@ -31,7 +31,7 @@ def _validate_instance(name: str) -> str:
 
 
 def _opts(p: "Plan", caller: "CallerArgs", env: dict[str, str]) -> list[str]:
-    from .argv import drop_missing_volumes, expand_vars, split_opts, user_opts
+    from .argv import drop_missing_volumes, expand_vars, missing_volumes, split_opts, user_opts
 
     items = []
     for item in split_opts(p.opts):
@@ -44,7 +44,21 @@ def _opts(p: "Plan", caller: "CallerArgs", env: dict[str, str]) -> list[str]:
             raise ConfigError(f"{p.config_file}: key 'container.runtime.podman': {item!r}: {why}") from None
     if "ignore_missing_volume_path" in caller.options:
         items = drop_missing_volumes(items)
+    else:
+        missing = missing_volumes(items)
+        if missing:  # podman would report it raw on the app's stderr
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"{p.config_file}: key 'container.runtime.podman': volume path {missing[0]} does not exist "
+                "(%ignore_missing_volume_path skips it)"
+            )
+    if not p.tls_verify:
+        items.append("--tls-verify=false")
     return user_opts(items)
+
+
+_TLS_REMEDY = "register the flake with --tls-verify=false"
 
 
 def _progress(caller: "CallerArgs", label: str) -> "AbstractContextManager[object]":
@@ -90,12 +104,21 @@ def launch(app: str, args: list[str]) -> int:
     runner.bound_engine_calls()  # a hanging engine fails the launch; the app itself is never bounded
     env = dict(fastos.environ)
     if p.storage_conf:
+        if not fastos.exists(p.storage_conf):  # podman would exit 1 (the app's status) with its own text
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{p.storage_conf}: podman storage config missing (generic.podman_storage_conf)")
         env["CONTAINERS_STORAGE_CONF"] = p.storage_conf
     opts = _opts(p, caller, env)
     with debug.phase("state"):
         state = statedir.private_dir(p.ids_dir)
     prefix = argv.engine(podman, debug.enabled())
     image = p.image
+    if p.image_present is False:  # known missing: pulled here, quietly, not by podman run on the app's stderr
+        from . import pull
+
+        with debug.phase("pull"):
+            pull.pull(prefix, env, image, tls_verify=p.tls_verify, remedy=_TLS_REMEDY, label=f"{app}: pulling {image}")
     if p.compose:
         from . import compose
 
@@ -214,7 +237,7 @@ def _resume(
     debug.timing()
     code = proc.supervise(cmd, env, proc.by_session(argv.SESSION_VAR, session))
     if "remove" in caller.options:
-        _remove(prefix, env, cid, paths)
+        _discard(prefix, env, cid, paths)
     return code
 
 
@@ -371,7 +394,7 @@ def _attach(
     code = proc.supervise(cmd, env, proc.by_conmon(paths.pid, paths.cid))
     instance.tighten(paths)  # the kept container's files
     if "remove" in caller.options:
-        _remove(prefix, env, cid, paths)
+        _discard(prefix, env, cid, paths)
     return code
 
 
@@ -398,6 +421,16 @@ def _remove(prefix: list[str], env: dict[str, str], cid: str, paths: "Paths") ->
 
     runner.run([*prefix, "rm", "-f", "-t", "0", cid], env=env, check=False)
     instance.clear(paths)
+
+
+def _discard(prefix: list[str], env: dict[str, str], cid: str, paths: "Paths") -> None:
+    """``%remove``: the instance goes with all its files, its lock file included."""
+    from .. import statedir
+
+    lock = statedir.locked(paths.lock)
+    with lock:
+        _remove(prefix, env, cid, paths)
+        lock.unlink()
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ or parses the registration (flakeconf, settings) and stores the result there.
 from .. import launchcache
 
 KIND = "podman"
-SHAPE = 1  # bump when the fields below change
+SHAPE = 2  # bump when the fields below change
 
 
 class Plan:
@@ -29,6 +29,9 @@ class Plan:
         "storage_conf",
         "podman",
         "compose",
+        "tls_verify",
+        "images_json",
+        "image_present",
     )
 
     def __init__(self, d: dict[str, object]) -> None:
@@ -48,6 +51,9 @@ class Plan:
     storage_conf: str | None
     podman: str
     compose: bool  # delta/includes: compose.ensure_image decides the image
+    tls_verify: bool  # False: pulls at launch may use a plain-http registry
+    images_json: str | None  # the store's image list (its stamp is part of the plan), if known
+    image_present: bool | None  # the image is in the store; None: unknown (podman run pulls)
 
     def as_dict(self) -> dict[str, object]:
         return {key: getattr(self, key) for key in self.__slots__}
@@ -89,6 +95,9 @@ def build(app: str) -> Plan:
             "storage_conf": cfg.podman_storage_conf,
             "podman": cfg.podman_binary,
             "compose": needs_compose(flake),
+            "tls_verify": flake.tls_verify,
+            "images_json": None,
+            "image_present": None,
         }
     )
     return plan
@@ -103,5 +112,14 @@ def load(app: str) -> Plan:
     names.app_name(app)  # before its name becomes a path
     before = launchcache.stamps(launchcache.inputs(app))
     plan = build(app)
+    if not plan.compose:  # whether the launch must pull: decided here, once per store change
+        from .pull import images_json, present
+
+        fields = plan.as_dict()
+        fields["images_json"] = images_json(plan.storage_conf)
+        if fields["images_json"] is not None:
+            before += launchcache.stamps([str(fields["images_json"])])  # a pull or rmi renews the plan
+            fields["image_present"] = present(str(fields["images_json"]), plan.image)
+        plan = Plan(fields)
     launchcache.store(KIND, SHAPE, app, plan.as_dict(), before)
     return plan

@@ -91,7 +91,15 @@ def test_installed_programs_run(tmp_path: Path) -> None:
     )
     app = tmp_path / "bin/hello"
     reg = subprocess.run(
-        [str(prefix / "bin/flake-ctl"), "podman", "register", "--container", "img", "--app", str(app)],
+        [
+            str(prefix / "bin/flake-ctl"),
+            "podman",
+            "register",
+            "--container",
+            "registry.example.com/img",
+            "--app",
+            str(app),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -118,8 +126,10 @@ def test_installed_launcher_starts_without_site(tmp_path: Path) -> None:
     flakes, bindir = tmp_path / "flakes", tmp_path / "bin"
     flakes.mkdir()
     bindir.mkdir()
+    (tmp_path / "storage.conf").write_text("")  # the launcher checks that it exists; /bin/true ignores it
     (tmp_path / "flakes.yml").write_text(
         f"generic:\n  flakes_dir: {flakes}\n  podman_ids_dir: {tmp_path / 'ids'}\n  podman_binary: /bin/true\n"
+        f"  podman_storage_conf: {tmp_path / 'storage.conf'}\n"
     )
     app = bindir / "hello"
     (flakes / "hello.yaml").write_text(

@@ -50,6 +50,8 @@ def register(p: Prefix, app: str, *extra: str, image: str) -> Path:
 
 
 def test_register_list_remove_roundtrip(prefix: Prefix, bb_image: str) -> None:
+    tar = prefix.root / "t.tar"
+    tar.write_bytes(busybox_rootfs_tar())
     app = register(
         prefix,
         "bb.echo",
@@ -60,14 +62,14 @@ def test_register_list_remove_roundtrip(prefix: Prefix, bb_image: str) -> None:
         "\\-e",
         "X=1",
         "--layer",
-        "l1",
-        "l2",
+        "registry.example.com/l1",
+        "registry.example.com/l2",
         "--layer",
-        "l3",
+        "registry.example.com/l3:1",
         "--base",
-        "base",
+        "registry.example.com/base",
         "--include-tar",
-        "/t.tar",
+        str(tar),
         "--include-path",
         "/etc/hosts",
         "--check-host-dependencies",
@@ -81,8 +83,9 @@ def test_register_list_remove_roundtrip(prefix: Prefix, bb_image: str) -> None:
     assert isinstance(flake, flakeconf.PodmanFlake)
     assert (flake.image, flake.target_app_path, flake.host_app_path) == (bb_image, "/bin/echo", str(app))
     assert flake.podman_opts == ("--net host", "-e", "X=1")  # one backslash stripped, values kept apart
-    assert flake.layers == ("l1", "l2", "l3") and flake.base_container == "base"
-    assert flake.include == flakeconf.Include(tar=("/t.tar",), path=("/etc/hosts",))
+    assert flake.layers == ("registry.example.com/l1", "registry.example.com/l2", "registry.example.com/l3:1")
+    assert flake.base_container == "registry.example.com/base"  # fully qualified: pulled at the first launch
+    assert flake.include == flakeconf.Include(tar=(str(tar),), path=("/etc/hosts",))
     assert flake.check_host_dependencies and flake.resume and not flake.attach
     assert flake.runas == "root"
 
@@ -249,3 +252,229 @@ def test_user_flag_position_is_accepted(prefix: Prefix, where: str) -> None:
     proc = ok(prefix.ctl(*args))  # root: --user is ignored with a note (root's flakes are system flakes)
     assert "ignored for root" in proc.stderr
     assert proc.stdout.startswith(f"Flake podman instances in {prefix.ids_dir}")
+
+
+# -- registries, removal, messages: a real plain-http registry and real podman -------------------
+
+
+@pytest.fixture
+def remote(
+    tmp_path: Path,
+    system_storage: Path,
+    bb_image: str,
+    private_store: Path,
+    local_registry: Registry,  # noqa: F811 - fixture
+) -> tuple[Prefix, str, dict[str, str]]:
+    """A prefix with an empty store of its own, the busybox image in the local registry under a
+    fresh name, and an environment whose registries.conf does NOT mark the registry insecure
+    (podman then speaks https to it, as on a host without that entry)."""
+    ref = local_registry.push(bb_image, f"tools/t{uuid.uuid4().hex[:10]}:1", storage=system_storage)
+    conf = tmp_path / "registries.conf"
+    conf.write_text("unqualified-search-registries = []\n")
+    return make_prefix(tmp_path / "p", private_store), ref, {"CONTAINERS_REGISTRIES_CONF": str(conf)}
+
+
+def one_line(proc: subprocess.CompletedProcess, code: int, start: str) -> str:
+    assert proc.returncode == code, f"rc={proc.returncode}\nstdout={proc.stdout}\nstderr={proc.stderr}"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start), proc.stderr
+    return lines[0]
+
+
+def state_files(p: Prefix, app: str) -> list[str]:
+    d = p.ids_dir / str(os.getuid())
+    return sorted(f.name for f in d.iterdir() if f.name.split("@", 1)[0].split(".", 1)[0] == app) if d.is_dir() else []
+
+
+def test_pull_plain_http_registry_needs_tls_verify_false(remote: tuple[Prefix, str, dict[str, str]]) -> None:
+    p, ref, env = remote
+    refused = p.ctl("podman", "pull", "--uri", ref, env=env)
+    line = one_line(refused, 6, f"flake-ctl: cannot pull {ref}: ")
+    assert "HTTP response to HTTPS client" in line and line.endswith("add --tls-verify=false)")
+    assert podman("image", "exists", ref, storage=p.storage, check=False).returncode == 1
+    pulled = ok(p.ctl("podman", "pull", "--uri", ref, "--tls-verify=false", env=env))
+    assert pulled.stdout.startswith(f"pulled {ref} (") and pulled.stderr == ""
+    assert podman("image", "exists", ref, storage=p.storage, check=False).returncode == 0
+
+
+def test_pull_at_launch_is_quiet_and_fails_in_one_line(remote: tuple[Prefix, str, dict[str, str]]) -> None:
+    p, ref, env = remote
+    app = register(p, "hello", "--target", "/bin/echo", image=ref)  # fully qualified: pulled at launch
+    failed = p.app("hello", "hi", env=env)
+    line = one_line(failed, 125, f"hello: cannot pull {ref}: ")
+    assert line.endswith("register the flake with --tls-verify=false)") and failed.stdout == ""
+    debug = p.app("hello", "hi", env={**env, "PILOT_DEBUG": "1"})
+    assert debug.returncode == 125 and "pinging container registry" in debug.stderr  # podman's full text
+    ok(
+        p.ctl(
+            "podman",
+            "register",
+            "--container",
+            ref,
+            "--app",
+            str(app),
+            "--target",
+            "/bin/echo",
+            "--force",
+            "--tls-verify=false",
+        )
+    )
+    ran = p.app("hello", "hi", env=env)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "hi\n", "")  # no "Trying to pull", no blobs
+    assert podman("image", "exists", ref, storage=p.storage, check=False).returncode == 0
+    again = p.app("hello", "again", env=env)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "again\n", "")
+
+
+def test_pull_at_launch_shows_progress_on_a_terminal(remote: tuple[Prefix, str, dict[str, str]]) -> None:
+    import pty
+
+    p, ref, env = remote
+    register(p, "hello", "--target", "/bin/echo", "--tls-verify=false", image=ref)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [str(p.bin_dir / "hello"), "on-tty"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**p.env, **env, "PILOT_DEBUG": "", "NO_PROGRESS": ""},
+            start_new_session=True,
+        )
+        os.close(slave)
+        chunks = []
+        while True:  # until EIO: the launcher and podman are gone
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(master)
+    out = b"".join(chunks).decode(errors="replace")
+    assert f"hello: pulling {ref}" in out and "on-tty" in out  # the spinner, then the app
+    assert "Copying blob" not in out and "Trying to pull" not in out
+
+
+def test_delta_pull_at_launch_uses_the_registration_tls_setting(
+    remote: tuple[Prefix, str, dict[str, str]],
+) -> None:
+    p, ref, env = remote
+    data = p.root / "data.txt"
+    data.write_text("included\n")
+    app = register(p, "dinc", "--target", "/bin/cat", "--include-path", str(data), image=ref)  # composed at launch
+    one_line(p.app("dinc", str(data), env=env), 125, "dinc: ")
+    ok(
+        p.ctl(
+            "podman",
+            "register",
+            "--container",
+            ref,
+            "--app",
+            str(app),
+            "--target",
+            "/bin/cat",
+            "--include-path",
+            str(data),
+            "--tls-verify=false",
+            "--force",
+        )
+    )
+    ran = p.app("dinc", str(data), env=env)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "included\n", "")
+
+
+def test_register_checks_includes_and_images(remote: tuple[Prefix, str, dict[str, str]]) -> None:
+    p, ref, env = remote
+    app = str(p.bin_dir / "x")
+
+    def written() -> list[Path]:
+        return sorted(f for f in p.root.rglob("*") if f.name != ".flake-ctl.lock")
+
+    before = written()
+    missing = p.ctl("podman", "register", "--container", ref, "--app", app, "--include-tar", "/missing.tar")
+    one_line(missing, 4, "flake-ctl: --include-tar: /missing.tar does not exist")
+    dangling = p.root / "dangling"
+    dangling.symlink_to(p.root / "nowhere")
+    one_line(
+        p.ctl("podman", "register", "--container", ref, "--app", app, "--include-path", str(dangling)),
+        4,
+        f"flake-ctl: --include-path: {dangling} is a dangling",
+    )
+    short = ref.split("/", 1)[1]  # never pulled, a short name: podman could only guess at launch
+    line = one_line(p.ctl("podman", "register", "--container", short, "--app", app), 4, "flake-ctl: --container: ")
+    assert "--pull" in line and "pull --uri" in line
+    one_line(
+        p.ctl("podman", "register", "--container", ref, "--app", app, "--base", "localhost/nobase"),
+        4,
+        "flake-ctl: --base: image localhost/nobase",
+    )
+    dangling.unlink()
+    assert written() == before  # nothing written
+    # --pull fetches it now (with the registration's TLS setting); then the short name resolves locally
+    pulled = ok(p.ctl("podman", "register", "--container", ref, "--app", app, "--pull", "--tls-verify=false", env=env))
+    assert f"pulled {ref}" in pulled.stdout
+    ok(p.ctl("podman", "register", "--container", short, "--app", str(p.bin_dir / "y")))
+    flake = flakeconf.parse("x", str(p.flakes_dir / "x.yaml"))
+    assert isinstance(flake, flakeconf.PodmanFlake) and not flake.tls_verify
+
+
+def test_remove_app_stops_its_instances_and_leaves_no_files(remote: tuple[Prefix, str, dict[str, str]]) -> None:
+    p, ref, env = remote
+    ok(p.ctl("podman", "pull", "--uri", ref, "--tls-verify=false", env=env))
+    app = register(p, "svc", "--target", "/bin/sh", "--resume", image=ref)
+    assert p.app("svc", "-c", "echo up").stdout == "up\n"
+    assert p.app("svc", "@two", "-c", "echo two").stdout == "two\n"
+    cids = [(p.ids_dir / str(os.getuid()) / f"{n}.cid").read_text().split()[0] for n in ("svc", "svc@two")]
+    assert all(podman("container", "exists", c, storage=p.storage, check=False).returncode == 0 for c in cids)
+    refused = p.ctl("podman", "remove", "--app", str(app))
+    one_line(refused, 5, "flake-ctl: instance(s) running: svc, svc@two")
+    assert os.path.islink(app) and state_files(p, "svc")  # nothing removed
+    ok(p.ctl("podman", "remove", "--app", str(app), "--force"))
+    assert not os.path.lexists(app) and state_files(p, "svc") == []
+    assert all(podman("container", "exists", c, storage=p.storage, check=False).returncode == 1 for c in cids)
+    assert json.loads(ok(p.ctl("podman", "show", "--format", "json")).stdout) == []
+
+
+def test_remove_container_matches_by_id_and_removes_instances(remote: tuple[Prefix, str, dict[str, str]]) -> None:
+    p, ref, env = remote
+    ok(p.ctl("podman", "pull", "--uri", ref, "--tls-verify=false", env=env))
+    short = ref.split("/", 1)[1]  # the same image under another spelling
+    full = register(p, "full", "--target", "/bin/sh", "--resume", image=ref)
+    other = register(p, "other", "--target", "/bin/echo", image=short)
+    assert p.app("full", "-c", "echo up").stdout == "up\n"
+    one_line(p.ctl("podman", "remove", "--container", short), 5, "flake-ctl: instance(s) running: full")
+    assert os.path.islink(full) and os.path.islink(other)
+    removed = ok(p.ctl("podman", "remove", "--container", short, "--force"))
+    assert f"removed {full}" in removed.stdout and f"removed {other}" in removed.stdout
+    assert not os.path.lexists(full) and not os.path.lexists(other)
+    assert state_files(p, "full") == [] and entries(p.flakes_dir) == []
+    assert podman("image", "exists", ref, storage=p.storage, check=False).returncode == 1
+    assert json.loads(ok(p.ctl("podman", "show", "--format", "json")).stdout) == []
+
+
+def test_engine_failures_before_the_app_are_one_line_125(prefix: Prefix, bb_image: str) -> None:
+    register(prefix, "vol", "--target", "/bin/echo", "--opt", "\\--volume /nonexistent-flake/p:/p", image=bb_image)
+    line = one_line(prefix.app("vol", "x"), 125, "vol: ")
+    assert "/nonexistent-flake/p does not exist" in line and "%ignore_missing_volume_path" in line
+    register(prefix, "nostore", "--target", "/bin/echo", image=bb_image)
+    cfg = prefix.config.read_text()
+    prefix.config.write_text(cfg.replace(str(prefix.storage), str(prefix.root / "gone/storage.conf")))
+    line = one_line(prefix.app("nostore", "x"), 125, "nostore: ")  # podman itself exits 1 here
+    assert str(prefix.root / "gone/storage.conf") in line
+
+
+def test_lock_files_do_not_pile_up(prefix: Prefix, bb_image: str) -> None:
+    app = register(prefix, "lk", "--target", "/bin/sh", "--resume", image=bb_image)
+    for name in ("@a", "@b"):
+        assert prefix.app("lk", name, "-c", "echo x").stdout == "x\n"
+    assert [f for f in state_files(prefix, "lk") if f.endswith(".lock")] == ["lk@a.lock", "lk@b.lock"]
+    for name in ("@a", "@b"):
+        assert prefix.app("lk", name, "%remove", "-c", "echo y").stdout == "y\n"
+    assert state_files(prefix, "lk") == []  # %remove takes the instance's files, its lock included
+    assert prefix.app("lk", "-c", "echo z").stdout == "z\n"
+    ok(prefix.ctl("podman", "remove", "--app", str(app), "--force"))
+    assert state_files(prefix, "lk") == []

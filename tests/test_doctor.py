@@ -99,7 +99,7 @@ def test_unsafe_state_dir(prefix: Prefix) -> None:
 
 def test_missing_image_is_a_warning(prefix: Prefix, bb_image: str) -> None:
     app = prefix.bin_dir / "doc-missing"
-    image = "localhost/flake-test/not-pulled:never"
+    image = "registry.example.com/flake-test/not-pulled:never"  # fully qualified: accepted, pulled at launch
     prefix.ctl("podman", "register", "--container", image, "--app", str(app), check=True)
     code, records = run_doctor(prefix)
     record = by_check(records, f"image {image}")

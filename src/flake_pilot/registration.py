@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,8 +57,17 @@ def lock(flakes_dir: str) -> Iterator[None]:
         yield
 
 
-def register(flakes_dir: str, app_path: str, launcher: str, config: dict[str, Any], force: bool) -> str:
-    """Write the registration and create the symlink; returns the config path."""
+def register(
+    flakes_dir: str,
+    app_path: str,
+    launcher: str,
+    config: dict[str, Any],
+    force: bool,
+    check: Callable[[], None] | None = None,
+) -> str:
+    """Write the registration and create the symlink; returns the config path. *check* runs once
+    the registration could be written (the flakes dir is usable, nothing is in the way), before
+    anything is written: what it raises stops the registration."""
     names.absolute_path(app_path, "--app")
     cfg = config_file(flakes_dir, app_path)
     dropins = dropin_dir(flakes_dir, app_path)
@@ -72,6 +81,8 @@ def register(flakes_dir: str, app_path: str, launcher: str, config: dict[str, An
                 raise ConflictError(f"{app_path}: is a directory, refusing to replace it")
         if os.path.exists(cfg) and not force:
             raise ConflictError(f"{cfg}: a flake with this name is already registered; use --force to replace it")
+        if check is not None:
+            check()
         old_config = None
         if os.path.exists(cfg):
             with open(cfg, encoding="utf-8") as handle:

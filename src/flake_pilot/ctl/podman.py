@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description="Pull an image into the flake storage (podman pull, no retry).",
     )
     p.add_argument("--uri", required=True, help="image reference, e.g. registry.example.com/tools/aws-cli:latest")
+    _add_tls_verify(p, "false: pull from a registry without TLS (plain http, e.g. a local registry on 127.0.0.1:5000)")
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_pull)
 
@@ -112,6 +113,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         metavar="OPT",
         help="podman run option, e.g. '\\--net host' (repeatable; %%VAR expanded at launch)",
     )
+    p.add_argument(
+        "--pull",
+        action="store_true",
+        help="pull images that are not in the flake storage now (else a short name must be pulled first; "
+        "a fully qualified one is pulled at the first launch)",
+    )
+    _add_tls_verify(
+        p,
+        "false: this flake's pulls (--pull, and at launch) may use a registry without TLS "
+        "(stored as container.runtime.tls_verify)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing registration or file at --app")
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_register)
@@ -119,7 +131,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = psub.add_parser(
         "remove",
         help="remove a flake or a container and its flakes",
-        description="Remove one registration (--app) or an image and every flake using it (--container).",
+        description="Remove one registration (--app) or an image and every flake using it (--container; "
+        "an image is matched by its ID, whatever name a flake uses for it). Removing a flake also removes "
+        "its instances (containers, state and lock files); a running instance is refused unless --force.",
     )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--app", help="absolute path of the registered command")
@@ -127,7 +141,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--force",
         action="store_true",
-        help="remove even if the symlink or config is missing/modified (never deletes a non-symlink)",
+        help="stop running instances; --app: remove even if the symlink or config is missing/modified "
+        "(never deletes a non-symlink); --container: remove the image's containers too",
     )
     add_user_flag(p, inherited=True)
     p.set_defaults(func=cmd_remove)
@@ -150,15 +165,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     build_deb.add_parsers(psub, "podman")
 
 
+def _add_tls_verify(parser: argparse.ArgumentParser, what: str) -> None:
+    """podman's own spelling: ``--tls-verify=false`` (``--tls-verify`` alone: true)."""
+    parser.add_argument(
+        "--tls-verify",
+        choices=("true", "false"),
+        nargs="?",
+        const="true",
+        default="true",
+        metavar="true|false",
+        help=f"verify the registry's TLS certificate (default: true); {what}",
+    )
+
+
 # -- pull / load ---------------------------------------------------------------------------------
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from ..podman import pull
+
     uri = _image_arg(args.uri, "--uri")
     cfg = load_settings(args)
     podman, env = podman_engine(cfg)
-    proc = run([*podman, "pull", "-q", uri], env=env)
-    print(f"pulled {uri} ({_last_line(proc.stdout)[:12]})")
+    iid = pull.pull(podman, env, uri, tls_verify=args.tls_verify == "true", remedy="add --tls-verify=false")
+    print(f"pulled {uri} ({iid[:12]})")
     return 0
 
 
@@ -207,8 +237,13 @@ def container_config(
     resume: bool,
     attach: bool,
     opts: list[str],
+    tls_verify: bool = True,
 ) -> dict[str, Any]:
-    """The registration in the original's template shape, so either implementation can read it."""
+    """The registration in the original's template shape, so either implementation can read it
+    (``runtime.tls_verify`` is written only when false: the original ignores it)."""
+    runtime: dict[str, Any] = {"runas": runas, "resume": resume, "attach": attach, "podman": opts or None}
+    if not tls_verify:
+        runtime["tls_verify"] = False
     return {
         "include": {"tar": include_tar or None, "path": include_path or None},
         "container": {
@@ -218,12 +253,7 @@ def container_config(
             "base_container": base,
             "check_host_dependencies": check_host_dependencies,
             "layers": layers or None,
-            "runtime": {
-                "runas": runas,
-                "resume": resume,
-                "attach": attach,
-                "podman": opts or None,
-            },
+            "runtime": runtime,
         },
     }
 
@@ -259,10 +289,53 @@ def cmd_register(args: argparse.Namespace) -> int:
         resume=args.resume,
         attach=args.attach,
         opts=opts,
+        tls_verify=args.tls_verify == "true",
     )
-    cfg_file = registration.register(cfg.flakes_dir, app, LAUNCHER, config, args.force)
+    for option, files in (("--include-tar", tars), ("--include-path", paths)):
+        for path in files:
+            _check_readable(path, option)
+    images = [("--container", container), *([("--base", base)] if base else []), *(("--layer", x) for x in layers)]
+
+    def check_images() -> None:
+        _check_images(cfg, images, pull_now=args.pull, tls_verify=args.tls_verify == "true")
+
+    cfg_file = registration.register(cfg.flakes_dir, app, LAUNCHER, config, args.force, check=check_images)
     print(f"registered {app} -> {container}:{target} ({cfg_file})")
     return 0
+
+
+def _check_readable(path: str, option: str) -> None:
+    """An include is copied at every launch: it must exist and be readable by the caller now."""
+    if not os.path.lexists(path):
+        raise NotFoundError(f"{option}: {path} does not exist")
+    if not os.path.exists(path):
+        raise NotFoundError(f"{option}: {path} is a dangling symbolic link")
+    if not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)):
+        raise UsageError(f"{option}: {path} is not readable")
+
+
+def _check_images(cfg: Settings, images: list[tuple[str, str]], *, pull_now: bool, tls_verify: bool) -> None:
+    """Each image is in the flake storage, or pulled now (--pull), or named fully (registry/name:
+    the first launch pulls it); a short name podman would have to guess is refused."""
+    from ..podman import pull
+    from ..podman.compose_store import qualify
+
+    podman, env = podman_engine(cfg)
+    for option, ref in images:
+        if pull.exists(podman, env, ref):
+            continue
+        if pull_now and not ref.startswith("localhost/"):
+            pull.pull(podman, env, ref, tls_verify=tls_verify, remedy="add --tls-verify=false")
+            print(f"pulled {ref}")
+            continue
+        full = qualify(ref.partition("@")[0])
+        if full is not None and not ref.startswith("localhost/"):
+            continue  # pulled at the first launch
+        why = "a localhost/ image cannot be pulled" if full else "not a fully qualified name (registry/name)"
+        raise NotFoundError(
+            f"{option}: image {ref} is not in the flake storage and {why}: pull or load it first "
+            "(flake-ctl podman pull --uri REGISTRY/NAME), name it fully, or add --pull"
+        )
 
 
 def info_file_name(container: str) -> str:
@@ -300,11 +373,69 @@ def cmd_remove(args: argparse.Namespace) -> int:
     cfg = load_settings(args)
     if args.app is not None:
         app = require_abs(args.app, "--app")
+        name = names.app_name(os.path.basename(app), "--app name")
+        instances = _instances_of(cfg, {name})
+        _refuse_running(instances, args.force)
         registration.remove(cfg.flakes_dir, app, LAUNCHER, args.force)
+        _discard(cfg, instances)
         print(f"removed {app}")
-        _free_composed(cfg, app=os.path.basename(app))
+        _free_composed(cfg, app=name)
         return 0
     return _purge(cfg, _image_arg(args.container, "--container"), args.force)
+
+
+class _Instance:
+    """An instance's files in the caller's state dir: ``<app>[@NAME].{cid,pid,spec,lock}``."""
+
+    def __init__(self, directory: str, stem: str) -> None:
+        from ..podman import instance
+
+        self.name = stem
+        self.paths = instance.Paths(directory, stem)
+        self.cid = instance.read_cid(self.paths.cid)
+        self.running = instance.alive(self.paths) is not None
+
+
+def _instances_of(cfg: Settings, apps: set[str]) -> list[_Instance]:
+    """The caller's instances of *apps* (a flake's instances live in the state dir of its caller:
+    root's for system flakes, the user's for user flakes)."""
+    directory = os.path.join(cfg.podman_ids_dir, str(os.getuid()))
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    stems = set()
+    for entry in entries:
+        stem, dot, suffix = entry.rpartition(".")
+        if dot and suffix in ("cid", "pid", "spec", "lock") and stem.split("@", 1)[0] in apps:
+            stems.add(stem)
+    return [_Instance(directory, stem) for stem in sorted(stems)]
+
+
+def _refuse_running(instances: list[_Instance], force: bool) -> None:
+    running = [i.name for i in instances if i.running]
+    if running and not force:
+        raise ConflictError(f"instance(s) running: {', '.join(running)}; stop them first or use --force")
+
+
+def _discard(cfg: Settings, instances: list[_Instance]) -> None:
+    """Stop and remove each instance's container, then its state and lock files (under its lock,
+    so a launch in progress finishes first and a later one starts afresh)."""
+    from ..podman import instance
+
+    engine: tuple[list[str], dict[str, str]] | None = None
+    for item in instances:
+        lock = statedir.locked(item.paths.lock)
+        with lock:
+            cid = instance.read_cid(item.paths.cid) or item.cid
+            if cid:
+                engine = engine or podman_engine(cfg)
+                done = run([*engine[0], "rm", "-f", "-t", "0", cid], env=engine[1], check=False)
+                if done.returncode not in (0, 1):  # 1: no such container (already gone)
+                    raise EngineError(f"podman rm {cid[:12]} failed: {first_line(done.stderr)}", done.returncode)
+            instance.clear(item.paths)
+            lock.unlink()
+        print(f"removed instance {item.name}" + (f" (container {cid[:12]})" if cid else ""))
 
 
 def _free_composed(cfg: Settings, *, app: str | None = None, image: str | None = None) -> None:
@@ -319,11 +450,44 @@ def _free_composed(cfg: Settings, *, app: str | None = None, image: str | None =
         sys.stderr.write(f"flake-ctl: composed images not freed: {exc}\n")
 
 
+def _local_images(podman: list[str], env: dict[str, str]) -> tuple[Any, dict[str, list[str]]]:
+    """The flake storage's images: an index resolving names as podman does (``StoreIndex``) and
+    the names of each image ID; one podman call."""
+    import json
+
+    from ..podman.compose_store import StoreIndex
+
+    proc = run([*podman, "images", "--no-trunc", "--format", "json"], env=env)
+    try:
+        listed = json.loads(proc.stdout or b"[]")
+    except ValueError as exc:
+        raise EngineError(f"podman images: unreadable output: {exc}") from exc
+    by_name: dict[str, str] = {}
+    by_digest: dict[str, str] = {}
+    tags: dict[str, list[str]] = {}
+    for item in listed if isinstance(listed, list) else []:
+        iid = item.get("Id") if isinstance(item, dict) else None
+        if not isinstance(iid, str):
+            continue
+        iid = iid.removeprefix("sha256:")
+        for name in item.get("Names") or ():
+            by_name[name] = iid
+            if name not in tags.setdefault(iid, []):
+                tags[iid].append(name)
+        if isinstance(item.get("Digest"), str):
+            by_digest[item["Digest"]] = iid
+    return StoreIndex(by_name, by_digest, frozenset(tags)), tags
+
+
 def _purge(cfg: Settings, container: str, force: bool) -> int:
-    """Remove the image and every registration that uses it; the image goes first (it may be in use)."""
+    """Remove the image and every flake using it, matched by image ID (any spelling of its name),
+    with their instances; a running instance is refused unless *force*."""
     from .listing import registrations
 
-    apps: list[str] = []
+    podman, env = podman_engine(cfg)
+    index, tags = _local_images(podman, env)
+    iid = index.resolve(container)
+    apps: dict[str, str] = {}  # app name -> host app path
     failed = 0
     for name, path in registrations(cfg.flakes_dir):
         try:
@@ -332,28 +496,30 @@ def _purge(cfg: Settings, container: str, force: bool) -> int:
             sys.stderr.write(f"flake-ctl: skipping broken registration: {exc}\n")
             failed = 1
             continue
-        if isinstance(flake, flakeconf.PodmanFlake) and flake.image == container:
+        if not isinstance(flake, flakeconf.PodmanFlake):
+            continue
+        if flake.image == container or (iid is not None and index.resolve(flake.image) == iid):
             if not flake.host_app_path:
                 sys.stderr.write(f"flake-ctl: {path}: key 'container.host_app_path' is missing, not removed\n")
                 failed = 1
                 continue
-            apps.append(flake.host_app_path)
-    podman, env = podman_engine(cfg)
-    _free_composed(cfg, image=container)
-    exists = run([*podman, "image", "exists", container], env=env, check=False)
-    if exists.returncode not in (0, 1):
-        raise EngineError(f"podman image exists {container} failed: {first_line(exists.stderr)}", exists.returncode)
-    if exists.returncode == 1 and not apps:
+            apps[name] = flake.host_app_path
+    if iid is None and not apps:
         raise NotFoundError(f"--container: no image {container} and no flake registered for it")
-    if exists.returncode == 0:
-        proc = run([*podman, "image", "rm", *(["--force"] if force else []), container], env=env, check=False)
+    instances = _instances_of(cfg, set(apps))
+    _refuse_running(instances, force)
+    _discard(cfg, instances)
+    _free_composed(cfg, image=container)
+    if iid is not None:
+        names_of = tags.get(iid) or [iid]
+        proc = run([*podman, "image", "rm", *(["--force"] if force else []), *names_of], env=env, check=False)
         if proc.returncode != 0:
             raise ConflictError(
                 f"podman image rm {container} failed: {first_line(proc.stderr)}"
                 + ("" if force else " (use --force to remove its containers too)")
             )
-        print(f"removed image {container}")
-    for app in apps:
+        print(f"removed image {container} ({iid[:12]}: {', '.join(names_of)})")
+    for app in apps.values():
         if os.path.lexists(app) and not registration.is_flake_link(app, LAUNCHER):
             sys.stderr.write(f"flake-ctl: {app}: not a symlink to {LAUNCHER}, registration kept\n")
             failed = 1

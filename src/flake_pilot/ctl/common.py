@@ -82,3 +82,14 @@ def require_abs(value: str, option: str) -> str:
     if not value:
         raise UsageError(f"{option}: empty value")
     return absolute_path(value, option)
+
+
+def image_arg(value: str, option: str) -> str:
+    if not value or value.startswith("-") or any(c.isspace() or c == "\0" for c in value):
+        raise UsageError(f"{option}: {value!r} is not a valid image reference")
+    return value
+
+
+def strip_escape(value: str) -> str:
+    """Values starting with '-' are given as '\\-...'; exactly one leading backslash is removed."""
+    return value[1:] if value.startswith("\\") else value

@@ -14,16 +14,19 @@ from .. import flakeconf, names, registration, statedir
 from ..errors import ConflictError, EngineError, FlakeError, NotFoundError, SecurityError, UsageError
 from ..runner import first_line, run
 from ..settings import Settings
-from .common import add_format_flag, add_user_flag, load_settings, podman_engine, require_abs, user_name
+from .common import (
+    add_format_flag,
+    add_user_flag,
+    image_arg,
+    load_settings,
+    podman_engine,
+    require_abs,
+    strip_escape,
+    user_name,
+)
 from .output import Column, emit
 
 LAUNCHER = "podman-pilot"
-
-
-def _image_arg(value: str, option: str) -> str:
-    if not value or value.startswith("-") or any(c.isspace() or c == "\0" for c in value):
-        raise UsageError(f"{option}: {value!r} is not a valid image reference")
-    return value
 
 
 def _last_line(data: bytes) -> str:
@@ -184,7 +187,7 @@ def _add_tls_verify(parser: argparse.ArgumentParser, what: str) -> None:
 def cmd_pull(args: argparse.Namespace) -> int:
     from ..podman import pull
 
-    uri = _image_arg(args.uri, "--uri")
+    uri = image_arg(args.uri, "--uri")
     cfg = load_settings(args)
     podman, env = podman_engine(cfg)
     iid = pull.pull(podman, env, uri, tls_verify=args.tls_verify == "true", remedy="add --tls-verify=false")
@@ -216,11 +219,6 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 # -- register ------------------------------------------------------------------------------------
-
-
-def strip_escape(value: str) -> str:
-    """Values starting with '-' are given as '\\-...'; exactly one leading backslash is removed."""
-    return value[1:] if value.startswith("\\") else value
 
 
 def container_config(
@@ -259,7 +257,7 @@ def container_config(
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    container = _image_arg(args.container, "--container")
+    container = image_arg(args.container, "--container")
     cfg = load_settings(args)
     if args.info:
         return _info(cfg, container)
@@ -268,8 +266,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     target = require_abs(args.target, "--target") if args.target is not None else app
     if args.layer and not args.base:
         raise UsageError("--layer: layers need a base container (--base)")
-    base = _image_arg(args.base, "--base") if args.base is not None else None
-    layers = [_image_arg(x, "--layer") for x in args.layer]
+    base = image_arg(args.base, "--base") if args.base is not None else None
+    layers = [image_arg(x, "--layer") for x in args.layer]
     tars = [require_abs(x, "--include-tar") for x in args.include_tar]
     paths = [require_abs(x, "--include-path") for x in args.include_path]
     opts = [strip_escape(x) for x in args.opt]
@@ -381,7 +379,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
         print(f"removed {app}")
         _free_composed(cfg, app=name)
         return 0
-    return _purge(cfg, _image_arg(args.container, "--container"), args.force)
+    return _purge(cfg, image_arg(args.container, "--container"), args.force)
 
 
 class _Instance:

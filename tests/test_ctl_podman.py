@@ -385,6 +385,11 @@ def test_delta_pull_at_launch_uses_the_registration_tls_setting(
     )
     ran = p.app("dinc", str(data), env=env)
     assert (ran.returncode, ran.stdout, ran.stderr) == (0, "included\n", "")
+    compose_dir = p.ids_dir / str(os.getuid()) / "compose"
+    assert sorted(f.name for f in compose_dir.iterdir()) == ["dinc.cache", "dinc.lock"]
+    removed = ok(p.ctl("podman", "remove", "--app", str(app)))
+    assert "removed composed image" in removed.stdout
+    assert list(compose_dir.iterdir()) == []  # the composition record and its lock go with the flake
 
 
 def test_register_checks_includes_and_images(remote: tuple[Prefix, str, dict[str, str]]) -> None:

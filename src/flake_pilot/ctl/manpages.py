@@ -36,14 +36,18 @@ LAUNCHERS = ("podman-pilot", "firecracker-pilot", "sci")
 # flake-ctl page -> [(man section, docs page, docs heading)]; sections of one name are joined
 _FILES = ("FILES", "configuration.md", "Files")
 _OUTPUT = ("OUTPUT FIELDS", "flake-ctl.md", "Output formats")
+_REGISTRIES = ("DETAILS", "flake-ctl.md", "Registries, registration checks and removal")
 CTL_SECTIONS: dict[str, list[tuple[str, str, str]]] = {
     "flake-ctl": [("ENVIRONMENT", "flake-ctl.md", "Environment"), _FILES],
     "flake-ctl-init": [("FILES", "configuration.md", "Generic configuration")],
     "flake-ctl-list": [_OUTPUT, ("FILES", "configuration.md", "Registrations")],
+    "flake-ctl-podman-pull": [_REGISTRIES, _FILES],
     "flake-ctl-podman-register": [
+        _REGISTRIES,
         ("FILES", "configuration.md", "Registrations"),
         ("FILES", "configuration.md", "Container registration keys"),
     ],
+    "flake-ctl-podman-remove": [_REGISTRIES, ("FILES", "podman-pilot.md", "Files")],
     "flake-ctl-podman-show": [_OUTPUT, ("FILES", "podman-pilot.md", "Files")],
     "flake-ctl-podman-cache": [("DETAILS", "delta-containers.md", "Cache commands"), _FILES],
     "flake-ctl-podman-cache-list": [_OUTPUT, ("FILES", "delta-containers.md", "Warm launch")],

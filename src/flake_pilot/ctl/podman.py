@@ -437,13 +437,16 @@ def _discard(cfg: Settings, instances: list[_Instance]) -> None:
 
 
 def _free_composed(cfg: Settings, *, app: str | None = None, image: str | None = None) -> None:
-    """Drop cached delta compositions of a removed flake or image (best effort, reported)."""
+    """Drop cached delta compositions of a removed flake or image (best effort, reported), and a
+    removed flake's composition record and lock file in the caller's state dir."""
     from ..podman import compose
 
     try:
         podman, env = podman_engine(cfg)
         for tag in compose.free_entries(app=app, image=image, podman_argv=podman, env=env):
             print(f"removed composed image {tag}")
+        if app is not None:
+            compose.forget(app, os.path.join(cfg.podman_ids_dir, str(os.getuid())))
     except FlakeError as exc:
         sys.stderr.write(f"flake-ctl: composed images not freed: {exc}\n")
 
@@ -517,13 +520,14 @@ def _purge(cfg: Settings, container: str, force: bool) -> int:
                 + ("" if force else " (use --force to remove its containers too)")
             )
         print(f"removed image {container} ({iid[:12]}: {', '.join(names_of)})")
-    for app in apps.values():
+    for name, app in apps.items():
         if os.path.lexists(app) and not registration.is_flake_link(app, LAUNCHER):
             sys.stderr.write(f"flake-ctl: {app}: not a symlink to {LAUNCHER}, registration kept\n")
             failed = 1
             continue
         registration.remove(cfg.flakes_dir, app, LAUNCHER, force=True)
         print(f"removed {app}")
+        _free_composed(cfg, app=name)
     return failed
 
 

@@ -323,6 +323,28 @@ def _compose_locked(
     return result.tag
 
 
+def forget(app: str, state_dir: str) -> bool:
+    """Remove *app*'s composition record, work dir and lock file from the caller's *state_dir*
+    (the flake is being removed); True if something was there."""
+    import shutil
+
+    from .. import statedir
+
+    cdir = os.path.join(state_dir, "compose")
+    if not os.path.isdir(cdir) or os.path.islink(cdir):
+        return False
+    _check_app(app)
+    paths = [os.path.join(cdir, app + ext) for ext in (SUFFIX, ".work", ".lock")]
+    if not any(os.path.lexists(p) for p in paths):
+        return False
+    lock = statedir.locked(paths[2])
+    with lock:  # a composition in progress finishes first
+        statedir.remove_file(paths[0])
+        shutil.rmtree(paths[1], ignore_errors=True)
+        lock.unlink()
+    return True
+
+
 def list_entries(podman_argv: list[str], env: dict[str, str]) -> list[dict[str, object]]:
     """Every composed image in this store: app, tag, id, inputs, size, created, containers."""
     import json

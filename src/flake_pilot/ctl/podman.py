@@ -382,8 +382,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return _purge(cfg, image_arg(args.container, "--container"), args.force)
 
 
+STATE_SUFFIXES = ("cid", "pid", "spec", "oci", "lock")  # an instance's files (podman/instance.py)
+
+
 class _Instance:
-    """An instance's files in the caller's state dir: ``<app>[@NAME].{cid,pid,spec,lock}``."""
+    """An instance's files in the caller's state dir: ``<app>[@NAME].{cid,pid,spec,oci,lock}``."""
 
     def __init__(self, directory: str, stem: str) -> None:
         from ..podman import instance
@@ -405,7 +408,7 @@ def _instances_of(cfg: Settings, apps: set[str]) -> list[_Instance]:
     stems = set()
     for entry in entries:
         stem, dot, suffix = entry.rpartition(".")
-        if dot and suffix in ("cid", "pid", "spec", "lock") and stem.split("@", 1)[0] in apps:
+        if dot and suffix in STATE_SUFFIXES and stem.split("@", 1)[0] in apps:
             stems.add(stem)
     return [_Instance(directory, stem) for stem in sorted(stems)]
 

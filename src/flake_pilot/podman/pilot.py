@@ -273,7 +273,7 @@ def _resume_direct(
         for each in (spec_fd, log_fd, fd):
             fastos.close(each)
     if "remove" in caller.options:
-        _remove(prefix, env, cid, paths)
+        _discard(prefix, env, cid, paths)
     return code
 
 

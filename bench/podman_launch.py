@@ -245,6 +245,7 @@ def main() -> int:
         (fake / "flakes").mkdir(parents=True)
         (fake / "flakes.yml").write_text(
             f"generic:\n  flakes_dir: {fake / 'flakes'}\n  podman_ids_dir: {root / 'ids'}\n  podman_binary: /bin/true\n"
+            f"  podman_storage_conf: {storage}\n"  # the launcher checks that it exists; /bin/true ignores it
         )
         (fake / "flakes" / "bench-once.yaml").write_text((root / "flakes" / "bench-once.yaml").read_text())
         backdate(fake / "flakes.yml", fake / "flakes" / "bench-once.yaml")

@@ -30,8 +30,10 @@ def flake(root: Path, pilot: Path) -> list[str]:
     for d in ("flakes", "bin"):
         (root / d).mkdir()
     config = root / "flakes.yml"
+    (root / "storage.conf").write_text("")  # the launcher checks that it exists; /bin/true ignores it
     config.write_text(
         f"generic:\n  flakes_dir: {root / 'flakes'}\n  podman_ids_dir: {root / 'ids'}\n  podman_binary: /bin/true\n"
+        f"  podman_storage_conf: {root / 'storage.conf'}\n"
     )
     registration = root / "flakes" / "bench.yaml"
     registration.write_text(

@@ -94,9 +94,9 @@ def warm_trace(app: Path, env: dict[str, str]) -> set[str]:
 
 
 def test_podman_oneshot_warm_launch_imports_only_builtins_and_itself(tmp_path: Path) -> None:
-    app, env = podman_flake(
-        tmp_path, install_launchers(tmp_path) / "podman-pilot", "  podman_binary: /bin/true\n", False
-    )
+    (tmp_path / "storage.conf").write_text("")  # the launcher checks that it exists; /bin/true ignores it
+    generic = f"  podman_binary: /bin/true\n  podman_storage_conf: {tmp_path / 'storage.conf'}\n"
+    app, env = podman_flake(tmp_path, install_launchers(tmp_path) / "podman-pilot", generic, False)
     assert foreign(warm_trace(app, env)) == set()
 
 

@@ -130,6 +130,27 @@ def imported(stderr: str) -> set[str]:
     return {ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")} - {"package"}
 
 
+def interpreter_modules(python: str) -> set[str]:
+    """The built-in modules of *python* and those ``python -IS`` imports before any code."""
+    names = subprocess.run(
+        [python, "-IS", "-c", "import sys; print(' '.join(sys.builtin_module_names))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    startup = imported(
+        subprocess.run([python, "-IS", "-X", "importtime", "-c", "pass"], capture_output=True, text=True).stderr
+    )
+    return set(names) | startup
+
+
+def foreign(trace: set[str], python: str = "/usr/bin/python3") -> set[str]:
+    """Modules in a launch's import *trace* beyond the interpreter's own, flake_pilot and _ctypes (prctl)."""
+    assert "flake_pilot" in trace, sorted(trace)  # the trace is real
+    allowed = interpreter_modules(python) | {"_ctypes"}
+    return {m for m in trace - allowed if m != "flake_pilot" and not m.startswith("flake_pilot.")}
+
+
 def check_preload(trace: Callable[[], set[str]], lib: Path, warm: tuple[str, ...]) -> None:
     """An installed launcher (package in *lib*) preloads its warm modules (flake_pilot._preload):
     a traced warm launch imports none of them through the import system. With the first one's

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import flake_pilot
-from conftest import check_preload, imported, need
-from test_launch_imports import foreign
+from conftest import check_preload, foreign, imported, need
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTPY = "/usr/bin/python3"

@@ -302,6 +302,9 @@ def test_fuzz_caller_arguments() -> None:
                         "storage_conf": None,
                         "podman": "podman",
                         "compose": False,
+                        "tls_verify": True,
+                        "images_json": None,
+                        "image_present": None,
                     }
                 )
                 items = pilot._opts(plan, caller, {"HOME": "/root", **env})

@@ -14,33 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BB_IMAGE, imported, need, podman
+from conftest import BB_IMAGE, foreign, imported, need, podman
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTPY = "/usr/bin/python3"
 PRCTL = "_ctypes"
 
 pytestmark = pytest.mark.build
-
-
-def interpreter_modules() -> set[str]:
-    """The interpreter's built-in modules and those ``python3 -IS`` imports before any code."""
-    names = subprocess.run(
-        [HOSTPY, "-IS", "-c", "import sys; print(' '.join(sys.builtin_module_names))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    startup = imported(
-        subprocess.run([HOSTPY, "-IS", "-X", "importtime", "-c", "pass"], capture_output=True, text=True).stderr
-    )
-    return set(names) | startup
-
-
-def foreign(trace: set[str]) -> set[str]:
-    assert "flake_pilot" in trace, sorted(trace)  # the trace is real
-    allowed = interpreter_modules() | {PRCTL}
-    return {m for m in trace - allowed if m != "flake_pilot" and not m.startswith("flake_pilot.")}
 
 
 def install_launchers(tmp_path: Path) -> Path:

@@ -54,6 +54,9 @@ if ! id "$TEST_USER" >/dev/null 2>&1; then
   useradd -m -s /bin/bash "$TEST_USER"
 fi
 grep -q "^$TEST_USER:" /etc/subuid || usermod --add-subuids 200000-265535 --add-subgids 200000-265535 "$TEST_USER"
+# a second unprivileged account: the attacker in tests/test_hostile_attacks.py (no subuids: never runs podman)
+ATTACK_USER=${FLAKE_ATTACK_USER:-flakeattk}
+id "$ATTACK_USER" >/dev/null 2>&1 || useradd -M -d /nonexistent -s /usr/sbin/nologin "$ATTACK_USER"
 [ -c /dev/net/tun ] && chmod 0666 /dev/net/tun
 # the test user must be able to reach the checkout (traverse only)
 d=$(cd "$(dirname "$0")/.." && pwd)

@@ -52,7 +52,7 @@ def test_settings_defaults_without_file(env: Path) -> None:
     assert s.source is None
     assert (s.flakes_dir, s.podman_ids_dir, s.podman_storage_conf) == (
         "/usr/share/flakes",
-        "/tmp/flakes",
+        "/run/flakes",  # root's own runtime dir: no other user can create or swap it
         "/etc/flakes/storage.conf",
     )
     assert s.podman_binary == "podman"
@@ -66,10 +66,11 @@ def test_settings_system_file_and_additions(env: Path) -> None:
     assert s.source == str(env / "flakes.yml")
     assert s.flakes_dir == "/srv/flakes"
     assert s.podman_binary == "/opt/podman"
-    assert s.podman_ids_dir == "/tmp/flakes"  # unset keys keep the default
+    assert s.podman_ids_dir == "/run/flakes"  # unset keys keep the default
 
 
-def test_settings_user_mode(env: Path) -> None:
+def test_settings_user_mode(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings.os, "getuid", lambda: 1000)  # root never reads a user scope
     (env / "flakes.yml").write_text("generic:\n  podman_ids_dir: /run/ids\n")
     s = settings.load(True)
     home = env / "home"
@@ -175,7 +176,8 @@ def test_registration_errors(tmp_path: Path, text: str, needle: str) -> None:
     assert needle in str(err.value)
 
 
-def test_find_prefers_system_then_user(env: Path) -> None:
+def test_find_prefers_system_then_user(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings.os, "getuid", lambda: 1000)  # a user: root has no user scope
     sysdir = env / "sys"
     (env / "flakes.yml").write_text(f"generic:\n  flakes_dir: {sysdir}\n")
     userdir = env / "home/.config/flakes"

@@ -13,8 +13,10 @@ from posix import (  # noqa: F401 - re-exported: what os re-exports from posix (
     O_APPEND,
     O_CLOEXEC,
     O_CREAT,
+    O_DIRECTORY,
     O_EXCL,
     O_NOFOLLOW,
+    O_NONBLOCK,
     O_RDONLY,
     O_RDWR,
     O_TRUNC,
@@ -53,6 +55,7 @@ from posix import (  # noqa: F401 - re-exported: what os re-exports from posix (
     pread,
     read,
     replace,
+    rmdir,
     set_blocking,
     set_inheritable,
     setsid,
@@ -188,3 +191,21 @@ def prctl_function() -> "Callable[..., int]":
 
             _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
     return _prctl[0]
+
+
+def std_streams() -> None:
+    """Reopen a closed stdin, stdout or stderr on /dev/null (Python leaves sys.stdout etc. None
+    for them): the launcher then never writes into a file it opened later on that descriptor, and
+    the engine and app see what a native program started with the stream closed would see."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        null = posix.open(devnull, O_RDWR)  # non-inheritable (PEP 446), like any fd Python opens
+        if null != fd:
+            dup2(null, fd)  # inheritable
+            close(null)
+        else:
+            set_inheritable(fd, True)  # the engine must get it, not start with the stream closed
+        import builtins  # fastos.open is posix.open
+
+        setattr(sys, name, builtins.open(fd, "r" if fd == 0 else "w", closefd=False))

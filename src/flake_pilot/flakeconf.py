@@ -348,14 +348,15 @@ def config_path(flakes_dir: str, app: str) -> str:
 
 
 def find(app: str) -> tuple[Flake, bool]:
-    """Find the registration for *app*: system scope first, then the caller's user scope.
+    """Find the registration for *app*: system scope first, then the caller's user scope (not
+    for root, which never reads user-scope files).
 
     Returns the flake and whether it came from the user scope.
     """
     from . import settings
 
     searched = []
-    for user_mode in (False, True):
+    for user_mode in (False, True) if settings.user_scope_allowed() else (False,):
         cfg = settings.load(user_mode)
         path = config_path(cfg.flakes_dir, app)
         searched.append(path)

@@ -132,6 +132,7 @@ def _key(kind: str, shape: int, app: str) -> tuple[object, ...]:
         env.get("FLAKES_CONFIG", ""),
         env.get("XDG_CONFIG_HOME", ""),
         env.get("HOME", ""),
+        env.get("XDG_RUNTIME_DIR", ""),  # the default state dir (statedir.default_base)
     )
 
 
@@ -157,12 +158,17 @@ def load(kind: str, shape: int, app: str) -> dict[str, object] | None:
     key = _key(kind, shape, app)
     path = _file(directory, key)
     try:
-        fd = fastos.open(path, fastos.O_RDONLY | fastos.O_NOFOLLOW | fastos.O_CLOEXEC)
+        fd = fastos.open(path, fastos.O_RDONLY | fastos.O_NOFOLLOW | fastos.O_NONBLOCK | fastos.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = fastos.fstat(fd)
-        if st.st_uid != fastos.getuid() or st.st_mode & 0o077 or st.st_size > MAX_SIZE:
+        if (
+            not fastos.S_ISREG(st.st_mode)
+            or st.st_uid != fastos.getuid()
+            or st.st_mode & 0o077
+            or st.st_size > MAX_SIZE
+        ):
             return None
         data = marshal.loads(fastos.read(fd, st.st_size))
         if not isinstance(data, dict) or data.get("key") != key:

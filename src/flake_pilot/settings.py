@@ -15,8 +15,8 @@ from .errors import ConfigError
 SYSTEM_CONFIG = "/etc/flakes.yml"
 DEFAULTS = {
     "flakes_dir": "/usr/share/flakes",
-    "podman_ids_dir": "/tmp/flakes",
-    "firecracker_ids_dir": "/tmp/flakes",
+    "podman_ids_dir": "",  # "": the caller's own (statedir.default_base), resolved by load()
+    "firecracker_ids_dir": "",
     "podman_storage_conf": "/etc/flakes/storage.conf",
     "firecracker_registry_dir": "/var/lib/firecracker",
 }
@@ -87,11 +87,23 @@ def _read_generic(path: str) -> dict[str, str] | None:
     return result
 
 
+def user_scope_allowed() -> bool:
+    """Root never reads user-scope configuration: with HOME or XDG_CONFIG_HOME kept (``su``
+    without ``-``, ``sudo -E``) it would be another user's file naming root's engine binary."""
+    return os.getuid() != 0
+
+
 def load(user_mode: bool = False) -> Settings:
+    """The system settings, or with *user_mode* the caller's user scope on top of them (root:
+    always the system settings, see user_scope_allowed). Unset state dirs are the caller's own."""
+    from .statedir import default_base
+
     system_path = system_config_path()
     system = _read_generic(system_path)
     sys_values = {**DEFAULTS, **(system or {})}
-    if not user_mode:
+    for key in ("podman_ids_dir", "firecracker_ids_dir"):
+        sys_values[key] = sys_values[key] or default_base()
+    if not user_mode or not user_scope_allowed():
         return Settings(
             user_mode=False,
             source=system_path if system is not None else None,

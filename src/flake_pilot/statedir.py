@@ -1,7 +1,17 @@
 """Private per-user state directories (container-ID files, VM PIDs, sockets).
 
-Layout as in the original: a shared base (``/tmp/flakes``, mode 1777) with one ``<uid>``
-directory per caller (0700, owned by the caller). Symlinks are refused everywhere.
+The state of a caller lives in ``<base>/<uid>`` (0700, owned by the caller). The base is
+``/run/flakes`` for root (only root can create it), ``$XDG_RUNTIME_DIR/flakes`` for a user whose
+runtime dir is their own, else ``$XDG_CACHE_HOME/flake-pilot/run`` (``~/.cache``); or the
+configured ``podman_ids_dir`` / ``firecracker_ids_dir`` (the original's shared ``/tmp/flakes``).
+
+``private_dir`` walks the path from ``/`` one component at a time with directory file
+descriptors (O_NOFOLLOW|O_DIRECTORY: a symlink anywhere is refused) and checks each directory:
+owned by root or the caller (another user could rename what it holds), and not writable by
+others unless sticky (where the next component is again root's or the caller's). Once the walk
+holds, no other user can change what the path names, so the state files are then used by path
+(podman and conmon write theirs by path). Every state file is opened with O_NOFOLLOW (a symlink
+is refused), O_NONBLOCK (a FIFO never blocks) and must be a regular file of bounded size.
 """
 
 from . import fastos
@@ -11,6 +21,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 _SAFE = fastos.O_NOFOLLOW | fastos.O_CLOEXEC  # never through a symlink, never into a child
+_DIR = fastos.O_RDONLY | fastos.O_DIRECTORY | fastos.O_NOFOLLOW | fastos.O_CLOEXEC
+MAX_STATE_SIZE = 4096  # a state file holds an ID, a PID or a fingerprint
 
 
 def _refuse(message: str) -> "NoReturn":
@@ -19,48 +31,102 @@ def _refuse(message: str) -> "NoReturn":
     raise SecurityError(message)
 
 
-def _check_base(base: str) -> None:
-    try:
-        st = fastos.lstat(base)
-    except FileNotFoundError:
-        import os
-
-        os.makedirs(fastos.dirname(base) or "/", exist_ok=True)
+def default_base(uid: int | None = None) -> str:
+    """The caller's state base when none is configured (see the module docstring)."""
+    uid = fastos.getuid() if uid is None else uid
+    if uid == 0:
+        return "/run/flakes"
+    env = fastos.environ
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/"):
         try:
-            os.mkdir(base, 0o700)
-            os.chmod(base, 0o1777)
-        except FileExistsError:
-            pass
-        st = os.lstat(base)
-    if not fastos.S_ISDIR(st.st_mode):
-        _refuse(f"{base}: state base is not a directory (symlink or file), refusing to use it")
-    if st.st_mode & fastos.S_IWOTH and not st.st_mode & fastos.S_ISVTX:
-        _refuse(f"{base}: world writable without the sticky bit; fix with: chmod 1777 {base}")
-    if (
-        st.st_uid not in (0, fastos.getuid())
-        and st.st_mode & (fastos.S_IWOTH | fastos.S_IWGRP)
-        and not (st.st_mode & fastos.S_ISVTX)
-    ):
-        _refuse(f"{base}: writable by others and not owned by root or the caller")
+            st = fastos.lstat(runtime)
+        except OSError:
+            st = None
+        if st is not None and fastos.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077:
+            return fastos.join(runtime, "flakes")
+    cache = env.get("XDG_CACHE_HOME", "")
+    if not cache.startswith("/"):
+        home = env.get("HOME", "")
+        if not home.startswith("/"):
+            import pwd
+
+            home = pwd.getpwuid(uid).pw_dir
+        cache = fastos.join(home, ".cache")
+    return fastos.join(cache, "flake-pilot", "run")
 
 
-def private_dir(base: str) -> str:
-    """``<base>/<uid>``: created 0700 if missing, verified to be a real dir owned by the caller."""
-    _check_base(base)
-    uid = fastos.getuid()
-    path = fastos.join(base, str(uid))
+def _open_dir(fd: int, name: str, shown: str, create_mode: int) -> int:
+    """openat(fd, name) as a directory, never through a symlink; created with *create_mode*
+    (exactly, whatever the umask) when missing and *create_mode* is not 0."""
     try:
-        fastos.mkdir(path, 0o700)
+        return fastos.open(name, _DIR, dir_fd=fd)
+    except FileNotFoundError:
+        if not create_mode:
+            raise
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            _refuse(f"{shown}: is a symbolic link or not a directory, refusing to use it as state dir")
+        raise
+    try:
+        fastos.mkdir(name, 0o700, dir_fd=fd)
     except FileExistsError:
-        pass
-    st = fastos.lstat(path)
-    if not fastos.S_ISDIR(st.st_mode):
-        _refuse(f"{path}: is a symlink or not a directory, refusing to use it")
-    if st.st_uid != uid:
-        _refuse(f"{path}: owned by uid {st.st_uid}, not by the caller (uid {uid})")
-    if st.st_mode & 0o077:
-        fastos.chmod(path, 0o700)
-    return path
+        return _open_dir(fd, name, shown, 0)  # created meanwhile: checked like any other
+    new = fastos.open(name, _DIR, dir_fd=fd)
+    fastos.fchmod(new, create_mode)
+    return new
+
+
+def _check_dir(fd: int, shown: str, uid: int) -> None:
+    st = fastos.fstat(fd)
+    if st.st_uid != 0 and st.st_uid != uid:
+        _refuse(
+            f"{shown}: owned by uid {st.st_uid}, neither root nor the caller (uid {uid}): another user "
+            "could redirect the state dir, refusing it"
+        )
+    if st.st_mode & (fastos.S_IWGRP | fastos.S_IWOTH) and not st.st_mode & fastos.S_ISVTX:
+        _refuse(f"{shown}: writable by others without the sticky bit; fix with: chmod 1777 {shown} (or chmod go-w)")
+
+
+def private_dir(base: str | None = None) -> str:
+    """``<base>/<uid>``, walked and checked from ``/`` by file descriptor (module docstring):
+    missing components are created (by root: 0755, a configured base 1777 as it is shared; by a
+    user: 0700), ``<uid>`` 0700 and owned by the caller. *base* None or "": the default."""
+    uid = fastos.getuid()
+    base = base or default_base(uid)
+    shared = uid == 0 and base != "/run/flakes"  # root creates a configured base for all users
+    parts = base.split("/")
+    if not base.startswith("/") or ".." in parts:
+        _refuse(f"{base}: the state base must be an absolute path without '..'")
+    parts = [part for part in parts if part and part != "."]
+    fd = fastos.open("/", _DIR)
+    shown = ""
+    try:
+        _check_dir(fd, "/", uid)
+        for index, part in enumerate(parts):
+            shown += "/" + part
+            last = index == len(parts) - 1
+            mode = (0o1777 if shared and last else 0o755) if uid == 0 else 0o700
+            child = _open_dir(fd, part, shown, mode)
+            fastos.close(fd)
+            fd = child
+            _check_dir(fd, shown, uid)
+        shown += "/" + str(uid)
+        child = _open_dir(fd, str(uid), shown, 0o700)
+        fastos.close(fd)
+        fd = child
+        st = fastos.fstat(fd)
+        if st.st_uid != uid:
+            _refuse(f"{shown}: owned by uid {st.st_uid}, not by the caller (uid {uid}), refusing to use it")
+        if st.st_mode & 0o077:
+            fastos.fchmod(fd, 0o700)
+    except OSError as exc:
+        _refuse(f"{shown or '/'}: cannot use it as state dir: {exc.strerror}")
+    finally:
+        fastos.close(fd)
+    return shown
 
 
 def check_name(directory: str, name: str) -> str:
@@ -82,33 +148,57 @@ def _open(path: str, flags: int) -> int:
 
 
 def read_file(path: str) -> str | None:
-    """Content of a state file, None if missing; a symlink is refused."""
+    """Content of a state file, None if missing, "" if damaged (a FIFO, directory, device or a
+    file over MAX_STATE_SIZE: never blocks, never crashes; the caller treats it as garbage and
+    ``remove_file`` clears it); a symlink is refused (SecurityError)."""
     try:
-        fd = _open(path, fastos.O_RDONLY)
+        fd = _open(path, fastos.O_RDONLY | fastos.O_NONBLOCK)
     except FileNotFoundError:
         return None
     try:
-        return fastos.read(fd, 4096).decode("utf-8", "replace").strip()
+        st = fastos.fstat(fd)
+        if not fastos.S_ISREG(st.st_mode) or st.st_size > MAX_STATE_SIZE:
+            from . import debug
+
+            debug.log(f"{path}: not a regular state file or too big: treated as damaged")
+            return ""
+        return fastos.read(fd, MAX_STATE_SIZE).decode("utf-8", "replace").strip()
     finally:
         fastos.close(fd)
 
 
 def write_file(path: str, content: str) -> None:
-    """Write a 0600 state file atomically (temp + rename), never following symlinks."""
+    """Write a 0600 state file atomically (temp + rename), never following symlinks; what was
+    there before (a damaged file, an empty directory) is replaced."""
     tmp = f"{path}.{fastos.getpid()}.tmp"
     fd = fastos.open(tmp, fastos.O_WRONLY | fastos.O_CREAT | fastos.O_EXCL | _SAFE, 0o600)
     try:
-        fastos.write(fd, content.encode())
-    finally:
-        fastos.close(fd)
-    fastos.replace(tmp, path)
+        try:
+            fastos.write(fd, content.encode())
+        finally:
+            fastos.close(fd)
+        try:
+            fastos.replace(tmp, path)
+        except IsADirectoryError:
+            remove_file(path)
+            fastos.replace(tmp, path)
+    except BaseException:
+        remove_file(tmp)  # nothing half-written is left (a full disk, a directory in the way)
+        raise
 
 
 def remove_file(path: str) -> None:
+    """Remove a state file (never what a symlink points to); an empty directory in its place
+    too, a non-empty one is refused."""
     try:
         fastos.unlink(path)
     except FileNotFoundError:
         pass
+    except IsADirectoryError:
+        try:
+            fastos.rmdir(path)
+        except OSError:
+            _refuse(f"{path}: a directory where a state file belongs; remove it")
 
 
 class locked:  # noqa: N801 - used like a function; a class avoids importing contextlib at launch
@@ -126,7 +216,10 @@ class locked:  # noqa: N801 - used like a function; a class avoids importing con
         import fcntl
 
         while True:
-            fd = _open(self.path, fastos.O_RDWR | fastos.O_CREAT)
+            try:
+                fd = _open(self.path, fastos.O_RDWR | fastos.O_CREAT | fastos.O_NONBLOCK)
+            except IsADirectoryError:
+                _refuse(f"{self.path}: a directory where a lock file belongs; remove it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
                 held = fastos.fstat(fd)

@@ -8,6 +8,7 @@ import sys
 
 from .. import settings, yamlio
 from ..errors import UsageError
+from ..statedir import default_base
 from .common import add_user_flag
 
 
@@ -52,6 +53,15 @@ def cmd_init(args: argparse.Namespace) -> int:
             "init --user: root has no user mode (root's flakes are the system flakes); call it as a normal user"
         )
     system = settings.load(user_mode=False)
+    own = default_base()  # the default is each caller's own: only a configured shared base is copied
+    shared_ids = {
+        key: value
+        for key, value in (
+            ("podman_ids_dir", system.podman_ids_dir),
+            ("firecracker_ids_dir", system.firecracker_ids_dir),
+        )
+        if value != own
+    }
     flakes_root = settings.user_flakes_root()
     podman_dir = os.path.join(flakes_root, "podman")
     for d in (flakes_root, podman_dir, os.path.join(flakes_root, "firecracker")):
@@ -60,8 +70,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     config = {
         "generic": {
             "flakes_dir": flakes_root,
-            "podman_ids_dir": system.podman_ids_dir,
-            "firecracker_ids_dir": system.firecracker_ids_dir,
+            **shared_ids,
             "podman_storage_conf": storage_conf,
         }
     }

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import flakeconf, names, registration, statedir
 from ..errors import ConflictError, EngineError, FlakeError, NotFoundError, SecurityError, UsageError
+from ..podman.instance import app_of
 from ..runner import first_line, run
 from ..settings import Settings
 from .common import (
@@ -609,7 +610,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             problems.append(str(exc) if isinstance(exc, SecurityError) else f"{path}: {exc.strerror}")
             continue
         cid = content.splitlines()[0].strip() if content else ""
-        app = name.split("@", 1)[0]
+        app = app_of(name)  # the stem writes an '@' of the app name as '%'
         config = flakeconf.config_path(cfg.flakes_dir, app)
         image = None
         flake = None

@@ -673,6 +673,7 @@ def launch(app: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv_given = argv is not None
+    fastos.std_streams()
     argv = list(sys.argv if argv is None else argv)
     app = fastos.basename(argv[0]) if argv else "firecracker-pilot"
     for signo in (signal.SIGTERM, signal.SIGHUP):

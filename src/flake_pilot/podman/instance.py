@@ -5,6 +5,10 @@ An instance is alive when its conmon runs: ``/proc/<pid>/cmdline`` names the con
 This costs no engine call and survives PID reuse. One-shot instances without ``@NAME`` get
 ``<app>@+<hex>`` ('+' is not allowed in instance names, so a user never collides with it);
 their files are garbage collected once conmon is gone.
+
+The file stem is injective: an '@' in the app name is written as '%' (a character no app or
+instance name has), so the first '@' of a stem always separates the app from the instance, and
+the flake ``a@b`` never shares state with the call ``a @b`` (nor ``a@+1`` with a one-shot ``a``).
 """
 
 import time
@@ -38,12 +42,21 @@ def same_spec(paths: Paths, wanted: str) -> bool:
         return False
 
 
+APP_AT = "%"  # stands for '@' in the app part of a stem
+
+
 def name(app: str, instance: str | None, oneshot: bool) -> str:
+    app = app.replace("@", APP_AT)
     if instance is not None:
         return f"{app}@{instance}"
     if oneshot:
         return f"{app}{ONESHOT_MARK}{fastos.urandom(6).hex()}"
     return app
+
+
+def app_of(stem: str) -> str:
+    """The app name a state file stem (``name()``) belongs to."""
+    return stem.split("@", 1)[0].replace(APP_AT, "@")
 
 
 def read_cid(path: str) -> str:
@@ -76,7 +89,27 @@ def alive(paths: Paths) -> str | None:
     init as a child (conmon outlives a stopped container for a moment, to clean up)."""
     cid = read_cid(paths.cid)
     pid = conmon_pid(paths)
+    if not cid and pid > 0:  # a damaged cid file: the running conmon still names the container
+        cid = conmon_cid(pid)
+        if cid:
+            statedir.write_file(paths.cid, cid + "\n")
     return cid if cid and runs(pid, cid) and container_init(pid) else None
+
+
+def conmon_cid(pid: int) -> str:
+    """The container ID in the command line of conmon *pid* (``-c <id>``), "" if none."""
+    try:
+        if fastos.stat(f"/proc/{pid}").st_uid != fastos.getuid():
+            return ""  # a reused PID: someone else's conmon
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = handle.read(65536).split(b"\0")
+    except OSError:
+        return ""
+    if not args or not args[0].endswith(b"conmon") or b"-c" not in args:
+        return ""
+    found = args[args.index(b"-c") + 1 :][:1]
+    cid = found[0].decode("ascii", "replace") if found else ""
+    return cid if len(cid) == 64 and all(c in "0123456789abcdef" for c in cid) else ""
 
 
 def tighten(paths: Paths) -> None:

@@ -322,6 +322,7 @@ def _start_resume(
         runner.run([*prefix, "rm", "-f", "-t", "0", old], env=env, check=False)
         old = ""
     if old:
+        statedir.remove_file(paths.pid)  # stale (its conmon is gone); conmon writes a new one
         if runner.run([*prefix, "start", old], env=env, check=False).returncode == 0:
             instance.tighten(paths)
             oci_capture.record(prefix, env, old, paths, wanted, key, previous)
@@ -434,6 +435,7 @@ def _discard(prefix: list[str], env: dict[str, str], cid: str, paths: "Paths") -
 
 
 def main() -> int:
+    fastos.std_streams()  # a closed stdout (`app >&-`): one line and the app's status, no traceback
     app = fastos.basename(sys.argv[0])
     try:
         code = launch(app, sys.argv[1:])

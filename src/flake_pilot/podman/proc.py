@@ -52,9 +52,11 @@ def by_conmon(pidfile: str, cidfile: str) -> "Callable[[], list[int]]":
     from . import instance
 
     def find() -> list[int]:
+        from .. import statedir
+
         try:
             cid = instance.read_cid(cidfile)
-            pid = int(open(pidfile, "rb").read().strip() or 0)  # noqa: SIM115 - tiny read
+            pid = int(statedir.read_file(pidfile) or 0)  # never blocks on a FIFO
         except (OSError, ValueError):
             return []
         init = instance.container_init(pid) if instance.runs(pid, cid) else None

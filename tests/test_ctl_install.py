@@ -49,10 +49,8 @@ def test_make_install_layout_into_destdir(tmp_path: Path) -> None:
         assert head[0] == f"#!{HOSTPY} {flags}" and 'sys.path.insert(0, "/usr/lib/flake-pilot")' in head
     assert (dest / "usr/lib/flake-pilot/flake_pilot/ctl/main.py").is_file()
     generic = yaml.safe_load((dest / "etc/flakes.yml").read_text())["generic"]
-    assert generic == {
+    assert generic == {  # no state base: each caller's own default (statedir.default_base)
         "flakes_dir": "/usr/share/flakes",
-        "podman_ids_dir": "/tmp/flakes",
-        "firecracker_ids_dir": "/tmp/flakes",
         "podman_storage_conf": "/etc/flakes/storage.conf",
     }
     template = yaml.safe_load((dest / "etc/flakes/container-flake.yaml").read_text())

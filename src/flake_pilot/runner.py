@@ -76,24 +76,82 @@ def run(
         timeout = _default_timeout
     if debug.enabled():
         debug.log("+ " + _join(argv))
-    try:
-        proc = subprocess.run(  # noqa: S603 - argv list, no shell: the one place the product starts a program
+    try:  # its own process group: a timeout or Ctrl-C ends the engine and all it started
+        child = subprocess.Popen(  # noqa: S603 - argv list, no shell: the one place the product starts a program
             argv,
             env=_env(env),
-            stdin=None if input_bytes is not None else stdin,
-            input=input_bytes,
+            stdin=subprocess.PIPE if input_bytes is not None else stdin,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
         )
     except FileNotFoundError as exc:
         raise EngineError(f"{argv[0]}: command not found") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise EngineError(f"{_join(argv[:3])}...: no answer within {timeout:g} s") from exc
+    previous = _stop_on(Stopped.SIGNALS)  # SIGTERM/SIGHUP end the engine too, not only us
+    try:
+        out, err = child.communicate(input_bytes, timeout=timeout)
+    except BaseException as exc:
+        _end_group(child, interrupted=isinstance(exc, KeyboardInterrupt))
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise EngineError(f"{_join(argv[:3])}...: no answer within {timeout:g} s") from None
+        raise
+    finally:
+        _stop_on(Stopped.SIGNALS, previous)
+    proc = subprocess.CompletedProcess(argv, child.returncode, out, err)
     if check and proc.returncode != 0:
         raise EngineError(f"{_join(argv[:3])} failed: {first_line(proc.stderr)}", proc.returncode)
     return proc
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived while an engine call ran (its group was ended); exit 128+signum."""
+
+    SIGNALS = (15, 1)  # SIGTERM, SIGHUP
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _stop_on(signals: "tuple[int, ...]", previous: "list[object] | None" = None) -> "list[object]":
+    """Install _raise_stopped for *signals* (or restore *previous*); returns what was installed
+    before. Only the main thread may set handlers: elsewhere nothing changes."""
+    import _signal
+
+    handlers = [_raise_stopped] * len(signals) if previous is None else previous
+    before: list[object] = []
+    try:
+        for signum, handler in zip(signals, handlers, strict=False):
+            before.append(_signal.signal(signum, handler))
+    except ValueError:
+        pass
+    return before
+
+
+def _end_group(child: "subprocess.Popen[bytes]", interrupted: bool) -> None:
+    """End the engine's process group: SIGINT first after a Ctrl-C (podman cleans up), SIGKILL
+    when it does not end within seconds, at once after a timeout."""
+    import _signal
+    import subprocess
+
+    if interrupted:
+        try:
+            fastos.killpg(child.pid, _signal.SIGINT)
+            child.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    try:
+        fastos.killpg(child.pid, _signal.SIGKILL)
+    except OSError:
+        pass
+    for stream in (child.stdin, child.stdout, child.stderr):
+        if stream is not None:
+            stream.close()  # not read to the end: a process outside the group may hold them
+    child.wait()
 
 
 def first_line(data: bytes | None) -> str:

@@ -167,14 +167,16 @@ def read_file(path: str) -> str | None:
         fastos.close(fd)
 
 
-def write_file(path: str, content: str) -> None:
+def write_file(path: str, content: str | bytes) -> None:
     """Write a 0600 state file atomically (temp + rename), never following symlinks; what was
     there before (a damaged file, an empty directory) is replaced."""
     tmp = f"{path}.{fastos.getpid()}.tmp"
     fd = fastos.open(tmp, fastos.O_WRONLY | fastos.O_CREAT | fastos.O_EXCL | _SAFE, 0o600)
     try:
         try:
-            fastos.write(fd, content.encode())
+            data = content.encode() if isinstance(content, str) else content
+            if fastos.write(fd, data) != len(data):
+                raise OSError(28, "No space left on device", path)  # a short write: the disk is full
         finally:
             fastos.close(fd)
         try:

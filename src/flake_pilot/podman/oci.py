@@ -83,7 +83,8 @@ def open_record(stem: str, wanted: str, key: str) -> "tuple[int, dict[str, objec
     runs), PODMAN (no direct entry for this container) or STALE (absent, damaged or out of
     date: record it again)."""
     try:
-        fd = fastos.open(record_path(stem), fastos.O_RDONLY | fastos.O_NOFOLLOW)  # inherited on purpose
+        # inherited on purpose; O_NONBLOCK: a FIFO put in its place never blocks the call
+        fd = fastos.open(record_path(stem), fastos.O_RDONLY | fastos.O_NOFOLLOW | fastos.O_NONBLOCK)
     except OSError:
         return -1, None, STALE
     try:
@@ -298,7 +299,7 @@ def claim(stem: str) -> int | None:
     """Before replacing an instance: an exclusive lock on its record (hold the fd until done;
     -1: no record), or None while a direct call still holds it (apps still run)."""
     try:
-        fd = fastos.open(record_path(stem), fastos.O_RDONLY | fastos.O_NOFOLLOW | fastos.O_CLOEXEC)
+        fd = fastos.open(record_path(stem), fastos.O_RDONLY | fastos.O_NOFOLLOW | fastos.O_NONBLOCK | fastos.O_CLOEXEC)
     except OSError:
         return -1
     import fcntl

@@ -65,13 +65,12 @@ def record(
 
 
 def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from .. import statedir
+
+    try:  # temp + rename, a damaged file or empty dir in the way replaced; a full disk: no record
+        statedir.write_file(path, data)
+    except OSError as exc:
+        debug.log(f"{path}: not recorded: {exc.strerror}")
 
 
 def _capture(

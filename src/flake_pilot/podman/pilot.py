@@ -360,7 +360,8 @@ def _attach(
     from . import argv, instance, proc
 
     paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=False))
-    with debug.phase("instance"), statedir.locked(paths.lock):
+    lock = statedir.locked(paths.lock)
+    with debug.phase("instance"), lock:
         cid = instance.alive(paths)
         if cid:
             cmd = [*prefix, "attach", cid]
@@ -391,11 +392,15 @@ def _attach(
                     why = runner.first_line(done.stderr)
                     raise EngineError(f"{image}: cannot create the container: {why}", done.returncode)
             cmd = [*prefix, "start", "--attach", "-i", cid]
-    debug.timing()
-    code = proc.supervise(cmd, env, proc.by_conmon(paths.pid, paths.cid))
-    instance.tighten(paths)  # the kept container's files
-    if "remove" in caller.options:
-        _discard(prefix, env, cid, paths)
+        # the lock is held until the app exits: one session per instance, parallel calls run
+        # one after another and each gets its own run's status (an attach to a container that
+        # is just exiting would report podman's 125, or the other caller's status)
+        debug.timing()
+        code = proc.supervise(cmd, env, proc.by_conmon(paths.pid, paths.cid))
+        instance.tighten(paths)  # the kept container's files
+        if "remove" in caller.options:  # the instance goes with all its files, the lock file too
+            _remove(prefix, env, cid, paths)
+            lock.unlink()
     return code
 
 
@@ -439,9 +444,9 @@ def main() -> int:
     app = fastos.basename(sys.argv[0])
     try:
         code = launch(app, sys.argv[1:])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during an engine call (runner.Stopped)
         sys.stderr.write(f"{app if app.isprintable() else ascii(app)}: interrupted\n")
-        return 130
+        return 128 + getattr(exc, "signum", 2)
     except Exception as exc:
         from ..errors import launcher_failure  # only on failure: not imported at launch
 

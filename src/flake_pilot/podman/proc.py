@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-FIND_DEADLINE_S = 10.0  # a signal that arrives while the app is still starting waits this long
+FIND_DEADLINE_S = 5.0  # a signal that arrives while the app is still starting waits this long
+KILL_GRACE_S = 3.0  # then the engine gets it; one that ignores it loses its process group after this
+STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def by_session(var: str, token: str) -> "Callable[[], list[int]]":
@@ -130,6 +132,16 @@ def supervise(
                 return
             if time.monotonic() > deadline:
                 _kill(child[0], signum)  # the app never showed up: stop the engine instead
+                if signum in STOP:  # and if it ignores that: its whole process group
+                    end = time.monotonic() + KILL_GRACE_S
+                    while not reap(False) and time.monotonic() < end:
+                        time.sleep(0.05)
+                    if not reap(False):
+                        killed.append(signum)
+                        try:
+                            fastos.killpg(child[0], signal.SIGKILL)
+                        except OSError:
+                            pass
                 return
             time.sleep(0.02)
 

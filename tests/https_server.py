@@ -61,6 +61,7 @@ class Site:
     redirects: dict[str, str] = field(default_factory=dict)
     drop: set[str] = field(default_factory=set)  # send half the body, then cut the connection
     stall: set[str] = field(default_factory=set)  # send half the body, then wait for `release`
+    trickle: set[str] = field(default_factory=set)  # one byte every 0.2 s until `release`
     release: threading.Event = field(default_factory=threading.Event)
     status: dict[str, int] = field(default_factory=dict)  # answer these paths with this status, no body
     log: list[str] = field(default_factory=list)
@@ -96,6 +97,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if self.path in site.trickle:
+            for index in range(len(data)):
+                if site.release.wait(0.2):
+                    break
+                try:
+                    self.wfile.write(data[index : index + 1])
+                    self.wfile.flush()
+                except OSError:
+                    break
+            self.close_connection = True
+            return
         if self.path in site.stall:
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STATE, TEST_USER
+from conftest import STATE, TEST_USER, Prefix
 from podman_scopes import LAUNCHER, USER_HOME, Scope, prepare_user, remove_user_scope, root_scope, user_scope
 
 ATTACK_USER = os.environ.get("FLAKE_ATTACK_USER", "flakeattk")
@@ -447,3 +447,85 @@ def test_parallel_attach_calls_each_get_their_status(root: Scope) -> None:
     for p in procs:
         p.stderr.close()  # type: ignore[union-attr]
     assert [code for code, _ in results] == [1] * 16, results
+
+
+# -- 6, 10: a full state disk ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, filled up (a real full filesystem; root mounts it)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)], check=True)
+    try:
+        (mnt / "ids").mkdir()
+        (mnt / "ids" / "0").mkdir(mode=0o700)
+        with open(mnt / "filler", "wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def conmons_under(path: Path) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if entry.isdigit() and b"conmon" in cmdline.split(b"\0")[0] and str(path).encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["oneshot", "resume"])
+def test_full_state_disk_is_one_line_and_leaks_nothing(root: Scope, full_disk: Path, resume: bool) -> None:
+    use_ids_dir(root, full_disk / "ids")
+    register(root, "atk-full", resume=resume)
+    for _ in range(2):
+        done = call(root, "atk-full", "-c", "echo never")
+        one_line_125(done, "no space left")
+        assert done.stdout == ""
+    assert conmons_under(full_disk) == [], "a conmon (and its runc init) was left behind"
+    assert root.podman("ps", "-a", "-q", "--filter", f"label={LABEL}").stdout.split() == []
+    (full_disk / "filler").unlink()
+    done = call(root, "atk-full", "-c", "echo works")
+    assert (done.returncode, done.stdout) == (0, "works\n"), done.stderr
+    remove_labelled(root)
+
+
+# -- 11: download bounds --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["trickle", "too big"])
+def test_download_deadline_and_size_cap(fc: Prefix, cert: tuple[Path, Path], rootfs_bytes: bytes, case: str) -> None:
+    """A server trickling a byte every 0.2 s is given up at FLAKE_DOWNLOAD_TIMEOUT; an image
+    over FLAKE_DOWNLOAD_MAX_SIZE is refused; one line, exit 7, no partial file or staging left."""
+    import time
+
+    from fc_ctl_fixtures import registry
+    from https_server import Site, kis_members, kis_tarball, serve
+
+    site = Site(files={"/x.tar.xz": kis_tarball(kis_members(rootfs_bytes))})
+    env = {"FLAKE_DOWNLOAD_TIMEOUT": "2"} if case == "trickle" else {"FLAKE_DOWNLOAD_MAX_SIZE": "1MiB"}
+    if case == "trickle":
+        site.trickle.add("/x.tar.xz")
+    else:
+        site.files["/x.tar.xz"] += b"\0" * (2 << 20)  # trailing zeros: still over the cap on the wire
+    with serve(site, cert) as srv:
+        started = time.monotonic()
+        done = fc.ctl("firecracker", "pull", "--name", "leap", "--kis-image", srv.url("/x.tar.xz"), env=env, timeout=60)
+        took = time.monotonic() - started
+    assert done.returncode == 7 and done.stderr.count("\n") == 1, (done.returncode, done.stderr)
+    assert ("FLAKE_DOWNLOAD_TIMEOUT" if case == "trickle" else "FLAKE_DOWNLOAD_MAX_SIZE") in done.stderr
+    assert took < 30, took
+    reg = registry(fc)
+    assert not reg.exists() or [p.name for p in reg.iterdir() if p.name.startswith(".pull-")] == []
+    assert not (reg / "images" / "leap").exists()

@@ -35,6 +35,7 @@ from posix import (  # noqa: F401 - re-exported: what os re-exports from posix (
     fchmod,
     fork,
     fstat,
+    fstatvfs,
     get_terminal_size,
     getpgrp,
     getpid,

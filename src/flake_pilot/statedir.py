@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 _SAFE = fastos.O_NOFOLLOW | fastos.O_CLOEXEC  # never through a symlink, never into a child
 _DIR = fastos.O_RDONLY | fastos.O_DIRECTORY | fastos.O_NOFOLLOW | fastos.O_CLOEXEC
 MAX_STATE_SIZE = 4096  # a state file holds an ID, a PID or a fingerprint
+MIN_FREE = 64 * 1024  # below this the state disk counts as full: refused before any engine call
 
 
 def _refuse(message: str) -> "NoReturn":
@@ -90,6 +91,17 @@ def _check_dir(fd: int, shown: str, uid: int) -> None:
         _refuse(f"{shown}: writable by others without the sticky bit; fix with: chmod 1777 {shown} (or chmod go-w)")
 
 
+def _check_space(fd: int, shown: str, uid: int) -> None:
+    """A full state disk fails the launch here, in one line, before any engine call: podman
+    would fail half-way (its multi-line text, a conmon and ``runc init`` left behind)."""
+    vfs = fastos.fstatvfs(fd)
+    free = (vfs.f_bfree if uid == 0 else vfs.f_bavail) * vfs.f_frsize
+    if free < MIN_FREE or (vfs.f_files and not vfs.f_favail):
+        from .errors import FlakeError
+
+        raise FlakeError(f"{shown}: no space left on the state disk ({free // 1024} KiB free); free some space")
+
+
 def private_dir(base: str | None = None) -> str:
     """``<base>/<uid>``, walked and checked from ``/`` by file descriptor (module docstring):
     missing components are created (by root: 0755, a configured base 1777 as it is shared; by a
@@ -122,6 +134,7 @@ def private_dir(base: str | None = None) -> str:
             _refuse(f"{shown}: owned by uid {st.st_uid}, not by the caller (uid {uid}), refusing to use it")
         if st.st_mode & 0o077:
             fastos.fchmod(fd, 0o700)
+        _check_space(fd, shown, uid)
     except OSError as exc:
         _refuse(f"{shown or '/'}: cannot use it as state dir: {exc.strerror}")
     finally:

@@ -4,6 +4,12 @@
 Rules: a redirect to a non-https URL is refused like a plain http URL; the response must be
 ``200``; a declared ``Content-Length`` must be met exactly (a dropped connection is an error,
 never a short file). Failures raise DownloadError (exit 7), a missing local file NotFoundError.
+
+Bounds: each read waits at most ``TIMEOUT`` seconds; a whole download at most
+``$FLAKE_DOWNLOAD_TIMEOUT`` seconds (default 3600, checked between reads, so a server trickling
+a byte now and then cannot hold a pull forever) and at most ``$FLAKE_DOWNLOAD_MAX_SIZE`` bytes
+(a size such as ``20GiB``; default 64GiB; a larger Content-Length is refused before the
+transfer). The partial file goes with the caller's staging dir.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from .. import debug, progress
 from ..errors import DownloadError, NotFoundError, UsageError
 
 INSECURE_ENV = "FLAKE_ALLOW_INSECURE_TRANSPORT"
+DEADLINE_ENV, DEFAULT_DEADLINE = "FLAKE_DOWNLOAD_TIMEOUT", 3600.0
+MAX_SIZE_ENV, DEFAULT_MAX_SIZE = "FLAKE_DOWNLOAD_MAX_SIZE", 64 << 30
 CHUNK = 1024 * 1024
 TIMEOUT = 60.0
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -167,8 +175,31 @@ class SparseWriter:
         os.fsync(self.handle.fileno())
 
 
+def bounds() -> tuple[float, int]:
+    """(overall deadline in seconds, size cap in bytes) from the environment (module docstring)."""
+    from ..sizes import parse_size
+
+    text = os.environ.get(DEADLINE_ENV, "")
+    try:
+        seconds = float(text) if text else DEFAULT_DEADLINE
+    except ValueError:
+        raise UsageError(f"{DEADLINE_ENV}={text!r}: expected seconds") from None
+    text = os.environ.get(MAX_SIZE_ENV, "")
+    try:
+        cap = parse_size(text) if text else DEFAULT_MAX_SIZE
+    except ValueError:
+        raise UsageError(f"{MAX_SIZE_ENV}={text!r}: expected a size such as 20GiB") from None
+    if seconds <= 0 or cap <= 0:
+        raise UsageError(f"{DEADLINE_ENV} and {MAX_SIZE_ENV} must be positive")
+    return seconds, cap
+
+
 def fetch(source: Source, dest: str, label: str) -> str:
     """Copy *source* to the new file *dest*; returns the sha256 hex digest of what was written."""
+    import time
+
+    seconds, cap = bounds()
+    deadline = time.monotonic() + seconds
     digest = hashlib.sha256()
     done = 0
     total: int | None
@@ -182,21 +213,34 @@ def fetch(source: Source, dest: str, label: str) -> str:
         total = os.fstat(handle.fileno()).st_size
     else:
         handle, total = _open_http(source)
+    if total is not None and total > cap:
+        handle.close()
+        raise DownloadError(f"{source.location}: {total} bytes, more than {MAX_SIZE_ENV} allows ({cap})")
     try:
         with open(dest, "xb") as out, progress.bar(f"Downloading {label}", total) as bar:
             writer = SparseWriter(out)
             for data in _chunks(handle, source.location):
+                if done + len(data) > cap:
+                    raise DownloadError(f"{source.location}: more than {cap} bytes ({MAX_SIZE_ENV}), stopped")
+                if time.monotonic() > deadline:
+                    raise DownloadError(f"{source.location}: not complete within {seconds:g} s ({DEADLINE_ENV})")
                 writer.write(data)
                 digest.update(data)
                 done += len(data)
                 bar.advance(len(data))
             writer.finish()
-    except OSError as exc:
-        raise DownloadError(f"{dest}: cannot write: {exc.strerror}") from None
+        if total is not None and done != total:
+            raise DownloadError(f"{source.location}: incomplete download ({done} of {total} bytes)")
+    except BaseException as exc:
+        try:
+            os.unlink(dest)  # never a partial file left behind
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise DownloadError(f"{dest}: cannot write: {exc.strerror}") from None
+        raise
     finally:
         handle.close()
-    if total is not None and done != total:
-        raise DownloadError(f"{source.location}: incomplete download ({done} of {total} bytes)")
     debug.log(f"fetched {source.location}: {done} bytes, sha256 {digest.hexdigest()}")
     return digest.hexdigest()
 

@@ -120,7 +120,7 @@ def bootstrap_median(values: list[float], rounds: int = 2000) -> tuple[float, fl
 
 def runtime_alone(record: Path, cmd: list[str]) -> list[str]:
     """The OCI runtime entering the instance by itself, as the launcher's record says where
-    (podman/oci.py): ``[nsenter ...] runc --root ROOT exec CID CMD``."""
+    (launch/podman/oci.py): ``[nsenter ...] runc --root ROOT exec CID CMD``."""
     import marshal
 
     rec = marshal.loads(record.read_bytes())

@@ -1,14 +1,14 @@
-"""One caller-argument parser (``flake_pilot.callargs``) with each launcher's option set."""
+"""One caller-argument parser (``flake_pilot.launch.callargs``) with each launcher's option set."""
 
 from __future__ import annotations
 
 import pytest
 
-from flake_pilot import callargs
 from flake_pilot.errors import UsageError
-from flake_pilot.firecracker.pilot import parse_args
-from flake_pilot.names import instance_name
-from flake_pilot.podman import argv
+from flake_pilot.launch import callargs
+from flake_pilot.launch.firecracker.pilot import parse_args
+from flake_pilot.launch.names import instance_name
+from flake_pilot.launch.podman import argv
 
 
 def test_split_sorts_instances_options_and_app_args() -> None:

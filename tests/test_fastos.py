@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flake_pilot import fastos
+from flake_pilot.launch import fastos
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 PATHS = ["", "/", "//", "///", "a", "a/", "/a", "/a/", "/a/b", "/a/b/", "a//b", "//a", "///a//", "/a/b//c", "a/b/c"]
@@ -62,7 +62,7 @@ def test_launcher_snapshot_decodes_like_os_environ_without_importing_os() -> Non
     """In a launcher (python -IS, os never imported) environ is a decoded snapshot: undecodable
     bytes survive as surrogates, exactly as os.environ has them."""
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from flake_pilot import fastos; "
+        "import sys; sys.path.insert(0, sys.argv[1]); from flake_pilot.launch import fastos; "
         "loaded = 'os' in sys.modules; snap = dict(fastos.environ); import os; "
         "print(loaded, snap == dict(os.environ), repr(snap['FASTOS_RAW']))"
     )

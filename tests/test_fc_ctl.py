@@ -367,7 +367,7 @@ def fake_firecracker(tmp_path: Path) -> Iterator[FakeFirecracker]:
 
 
 def fc_id(p: Prefix, meta: str) -> str:
-    from flake_pilot.firecracker.instances import InstancePaths
+    from flake_pilot.launch.firecracker.instances import InstancePaths
 
     return InstancePaths(str(p.ids_dir / str(os.getuid())), meta).fc_id
 
@@ -683,7 +683,7 @@ def test_progress_bar_only_on_a_terminal(fc: Prefix, tmp_path: Path, rootfs_byte
 @pytest.mark.parametrize("no_net", [False, True])
 def test_registration_feeds_firecracker_pilot(pulled: Prefix, no_net: bool) -> None:
     """The contract with firecracker-pilot: its VM document comes out of our registration."""
-    from flake_pilot.firecracker import vmdef
+    from flake_pilot.launch.firecracker import vmdef
 
     args = ["--no-net"] if no_net else []
     res = pulled.ctl("firecracker", "register", "--vm", "leap", "--app", str(pulled.bin_dir / "net"), "--resume", *args)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from flake_pilot.errors import UsageError
-from flake_pilot.firecracker import instances, overlay, tap, vmdef
-from flake_pilot.firecracker.pilot import parse_args
+from flake_pilot.firecracker import overlay, tap
 from flake_pilot.flakeconf import FirecrackerRuntime, Include, VmFlake
+from flake_pilot.launch.firecracker import instances, vmdef
+from flake_pilot.launch.firecracker.pilot import parse_args
 
 
 def flake(**kw: object) -> VmFlake:
@@ -272,9 +273,9 @@ def test_overlay_failure_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_find_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flake_pilot import fastos
     from flake_pilot.errors import EngineError
-    from flake_pilot.firecracker.pilot import find_binary
+    from flake_pilot.launch import fastos
+    from flake_pilot.launch.firecracker.pilot import find_binary
 
     exe = tmp_path / "firecracker"
     exe.write_text("#!/bin/sh\n")
@@ -292,8 +293,8 @@ def test_find_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_boot_timeout_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flake_pilot import fastos
-    from flake_pilot.firecracker.pilot import boot_timeout
+    from flake_pilot.launch import fastos
+    from flake_pilot.launch.firecracker.pilot import boot_timeout
 
     monkeypatch.setitem(fastos.environ, "PILOT_BOOT_TIMEOUT", "2.5")
     assert boot_timeout() == 2.5

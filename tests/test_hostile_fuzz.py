@@ -20,10 +20,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flake_pilot import flakeconf, names, yamlio
+from flake_pilot import flakeconf, yamlio
 from flake_pilot.errors import FlakeError, UsageError
-from flake_pilot.podman import argv, pilot
-from flake_pilot.podman.plan import Plan
+from flake_pilot.launch import names
+from flake_pilot.launch.podman import argv, pilot
+from flake_pilot.launch.podman.plan import Plan
 from reliability import record
 
 EXAMPLES = int(os.environ.get("FLAKE_FUZZ_EXAMPLES", "300"))

@@ -1,4 +1,4 @@
-"""The launchers' shared registration cache (flake_pilot.launchcache), in process."""
+"""The launchers' shared registration cache (flake_pilot.launch.launchcache), in process."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from flake_pilot import launchcache
-from flake_pilot.firecracker import plan as fcplan
-from flake_pilot.podman import plan
+from flake_pilot.launch import launchcache
+from flake_pilot.launch.firecracker import plan as fcplan
+from flake_pilot.launch.podman import plan
 
 
 @pytest.fixture()

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 LAUNCHERS = {
-    "podman": "import sys; from flake_pilot.podman import pilot as m; sys.argv = ['/x/myapp']\n"
+    "podman": "import sys; from flake_pilot.launch.podman import pilot as m; sys.argv = ['/x/myapp']\n"
     "m.launch = fail\nsys.exit(m.main())",
-    "firecracker": "from flake_pilot.firecracker import pilot as m\nm.launch = fail\nm.main(['/x/myapp'])",
+    "firecracker": "from flake_pilot.launch.firecracker import pilot as m\nm.launch = fail\nm.main(['/x/myapp'])",
 }
 FAULTS = {
     "bug": "raise RuntimeError('boom\\nsecond line')",

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flake_pilot.errors import UsageError
-from flake_pilot.names import instance_name
-from flake_pilot.podman import argv, instance, proc
+from flake_pilot.launch.names import instance_name
+from flake_pilot.launch.podman import argv, instance, proc
 
 
 def test_caller_args_are_sorted() -> None:

@@ -1,4 +1,4 @@
-"""Resume calls through the OCI runtime (podman/oci.py): what the app sees is what ``podman exec``
+"""Resume calls through the OCI runtime (launch/podman/oci.py): what the app sees is what ``podman exec``
 gives it, rootful and rootless; every doubt about the recorded entry falls back to podman's path
 and renews the record, never a wrong result."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flake_pilot.podman import oci
+from flake_pilot.launch.podman import oci
 from podman_scopes import Scope, prepare_user, remove_user_scope, root_scope, user_scope
 
 # what an app can see of its isolation: identity, capabilities, seccomp, limits, namespaces,

@@ -27,7 +27,7 @@ loaded = flake_pilot._preload(flake_pilot._WARM_PODMAN)
 import importlib
 for rel in flake_pilot._WARM_PODMAN:  # the rest through the import system
     importlib.import_module("flake_pilot." + rel.removesuffix("/__init__").replace("/", "."))
-from flake_pilot.podman import pilot
+from flake_pilot.launch.podman import pilot
 mods = {n: (m.__spec__ is None) for n, m in sys.modules.items() if n.startswith("flake_pilot.")}
 print(json.dumps({"loaded": loaded, "preloaded": mods, "main": callable(pilot.main)}))
 """
@@ -63,9 +63,10 @@ import sys
 sys.path.insert(0, {str(package)!r})
 import flake_pilot
 flake_pilot._preload(flake_pilot._WARM_PODMAN)
-from flake_pilot.podman import pilot, plan
-assert pilot.__package__ == "flake_pilot.podman" and pilot.__file__.endswith("podman/pilot.py")
-assert flake_pilot.podman.plan is plan and flake_pilot.podman.__path__ == [{str(package / "flake_pilot/podman")!r}]
+from flake_pilot.launch.podman import pilot, plan
+assert pilot.__package__ == "flake_pilot.launch.podman" and pilot.__file__.endswith("launch/podman/pilot.py")
+podman = flake_pilot.launch.podman
+assert podman.plan is plan and podman.__path__ == [{str(package / "flake_pilot/launch/podman")!r}]
 """
     done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -73,7 +74,7 @@ assert flake_pilot.podman.plan is plan and flake_pilot.podman.__path__ == [{str(
 
 @pytest.mark.parametrize("damage", ["bad magic", "hash-based", "damaged code", "missing"])
 def test_the_import_system_takes_over_at_the_first_pyc_it_would_not_use(package: Path, damage: str) -> None:
-    victim = WARM.index("launchcache")
+    victim = WARM.index("launch/launchcache")
     path = pyc(package, WARM[victim])
     data = bytearray(path.read_bytes())
     if damage == "bad magic":

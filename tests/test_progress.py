@@ -52,7 +52,7 @@ def test_drawn_and_erased_on_a_terminal(monkeypatch) -> None:
 
 def test_timing_line() -> None:
     code = (
-        "from flake_pilot import debug\n"
+        "from flake_pilot.launch import debug\n"
         "with debug.phase('load'):\n    pass\n"
         "with debug.phase('create'):\n    pass\n"
         "with debug.phase('load'):\n    pass\n"

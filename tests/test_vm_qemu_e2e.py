@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from conftest import STATE, Prefix, make_prefix, need_root
-from flake_pilot.firecracker import vmdef
+from flake_pilot.launch.firecracker import vmdef
 from guest import GuestImages, guest_images
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root]  # guests built with debootstrap, booted under QEMU

@@ -19,32 +19,34 @@ import sys as _sys
 
 # package-relative paths in dependency order: a module's top-level imports come before it
 _WARM_PODMAN = (
-    "fastos",
-    "debug",
-    "callargs",
-    "runner",
-    "statedir",
-    "launchcache",
-    "podman/__init__",
-    "podman/argv",
-    "podman/plan",
-    "podman/instance",
-    "podman/oci",
-    "podman/proc",
-    "podman/pilot",
+    "launch/__init__",
+    "launch/fastos",
+    "launch/debug",
+    "launch/callargs",
+    "launch/runner",
+    "launch/statedir",
+    "launch/launchcache",
+    "launch/podman/__init__",
+    "launch/podman/argv",
+    "launch/podman/plan",
+    "launch/podman/instance",
+    "launch/podman/oci",
+    "launch/podman/proc",
+    "launch/podman/pilot",
 )
 _WARM_FIRECRACKER = (
-    "fastos",
-    "debug",
-    "callargs",
-    "names",
-    "statedir",
-    "launchcache",
-    "firecracker/__init__",
-    "firecracker/instances",
-    "firecracker/plan",
-    "firecracker/vmdef",
-    "firecracker/pilot",
+    "launch/__init__",
+    "launch/fastos",
+    "launch/debug",
+    "launch/callargs",
+    "launch/names",
+    "launch/statedir",
+    "launch/launchcache",
+    "launch/firecracker/__init__",
+    "launch/firecracker/instances",
+    "launch/firecracker/plan",
+    "launch/firecracker/vmdef",
+    "launch/firecracker/pilot",
 )
 
 
@@ -109,7 +111,7 @@ def _preload(paths: tuple[str, ...]) -> list[str]:
 def podman_pilot() -> int:
     """Console script ``podman-pilot`` (the app symlinks point to it)."""
     _preload(_WARM_PODMAN)
-    from .podman.pilot import main
+    from .launch.podman.pilot import main
 
     return main()
 
@@ -117,6 +119,6 @@ def podman_pilot() -> int:
 def firecracker_pilot() -> None:
     """Console script ``firecracker-pilot`` (the app symlinks point to it); exits the process."""
     _preload(_WARM_FIRECRACKER)
-    from .firecracker.pilot import main
+    from .launch.firecracker.pilot import main
 
     main()

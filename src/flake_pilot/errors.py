@@ -81,7 +81,7 @@ def launcher_failure(who: str, exc: BaseException) -> int:
     import sys
     import traceback
 
-    from . import debug
+    from .launch import debug
 
     if isinstance(exc, FlakeError):
         message = str(exc)

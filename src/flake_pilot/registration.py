@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import names, statedir, yamlio
+from . import yamlio
 from .errors import ConflictError, FlakeError, NotFoundError
+from .launch import names, statedir
 
 LAUNCHERS = ("podman-pilot", "firecracker-pilot")
 

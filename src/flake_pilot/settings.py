@@ -96,7 +96,7 @@ def user_scope_allowed() -> bool:
 def load(user_mode: bool = False) -> Settings:
     """The system settings, or with *user_mode* the caller's user scope on top of them (root:
     always the system settings, see user_scope_allowed). Unset state dirs are the caller's own."""
-    from .statedir import default_base
+    from .launch.statedir import default_base
 
     system_path = system_config_path()
     system = _read_generic(system_path)

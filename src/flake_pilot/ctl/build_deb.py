@@ -225,7 +225,7 @@ def cmd_build_podman(args: argparse.Namespace) -> int:
     from ..debpkg import build, control
     from ..debpkg import image as debimage
     from ..errors import UsageError
-    from ..runner import which
+    from ..launch.runner import which
     from .common import load_settings, podman_engine
 
     apps = _check_early(args)
@@ -317,10 +317,10 @@ def _copy_hashed(src: str, dest: str) -> str:
 
 
 def cmd_build_firecracker(args: argparse.Namespace) -> int:
-    from .. import names
     from ..debpkg import build, control
     from ..errors import NotFoundError, UsageError
-    from ..runner import run
+    from ..launch import names
+    from ..launch.runner import run
     from ..sizes import parse_size
     from .common import load_settings
 

@@ -71,7 +71,7 @@ def _vms() -> list[str]:
 
 
 def _containers() -> list[str]:
-    from .. import runner
+    from ..launch import runner
 
     found: set[str] = set()
     for cfg in _scopes():

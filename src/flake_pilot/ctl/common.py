@@ -61,7 +61,7 @@ def podman_engine(cfg: Settings) -> tuple[list[str], dict[str, str]]:
     CONTAINERS_STORAGE_CONF selects the flake storage (``generic.podman_storage_conf``) when one
     is configured; CONTAINERS_CONF and the rest of the caller's environment pass through. No sudo.
     """
-    from ..runner import which
+    from ..launch.runner import which
 
     binary = which(cfg.podman_binary)
     env: dict[str, str] = {}
@@ -77,7 +77,7 @@ def podman_engine(cfg: Settings) -> tuple[list[str], dict[str, str]]:
 
 
 def require_abs(value: str, option: str) -> str:
-    from ..names import absolute_path
+    from ..launch.names import absolute_path
 
     if not value:
         raise UsageError(f"{option}: empty value")

@@ -14,8 +14,9 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .. import fastos, runner, settings
+from .. import settings
 from ..errors import FlakeError
+from ..launch import fastos, runner
 from ..settings import Settings
 
 OK, WARN, FAIL = "ok", "warn", "fail"

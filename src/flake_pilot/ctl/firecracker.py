@@ -211,9 +211,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .. import names
     from ..errors import DownloadError, UsageError
     from ..firecracker import download, guestfs, images, kis
+    from ..launch import names
     from .common import load_settings
 
     cfg = load_settings(args)
@@ -282,7 +282,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def _abs_existing(value: str, option: str) -> str:
     from ..errors import NotFoundError
-    from ..names import absolute_path
+    from ..launch.names import absolute_path
 
     path = absolute_path(os.path.abspath(value), option)
     if not os.path.exists(path):
@@ -331,9 +331,10 @@ def vm_config(args: argparse.Namespace, image: Any, runas: str) -> dict[str, Any
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from .. import names, registration
+    from .. import registration
     from ..errors import UsageError
     from ..firecracker import images
+    from ..launch import names
     from ..sizes import parse_size
     from .common import load_settings, require_abs, user_name
 
@@ -384,9 +385,10 @@ def _vm_registrations(flakes_dir: str, vm: str) -> list[tuple[str, str]]:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from .. import names, registration
+    from .. import registration
     from ..errors import ConflictError, NotFoundError
     from ..firecracker import images
+    from ..launch import names
     from .common import load_settings, require_abs
 
     cfg = load_settings(args)
@@ -423,9 +425,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def _instances(ids_dir: str, flakes_dir: str) -> list[dict[str, Any]]:
     import pwd
 
-    from .. import flakeconf, statedir
+    from .. import flakeconf
     from ..errors import FlakeError
-    from ..firecracker.instances import InstancePaths, is_vm
+    from ..launch import statedir
+    from ..launch.firecracker.instances import InstancePaths, is_vm
     from .common import user_name
 
     records: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ import sys
 
 from .. import settings, yamlio
 from ..errors import UsageError
-from ..statedir import default_base
+from ..launch.statedir import default_base
 from .common import add_user_flag
 
 

@@ -14,8 +14,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .. import __version__, debug
+from .. import __version__
 from ..errors import EXIT_CODES, FlakeError
+from ..launch import debug
 
 Func = Callable[[argparse.Namespace], int]
 

@@ -10,10 +10,11 @@ import sys
 import tempfile
 from typing import Any
 
-from .. import flakeconf, names, registration, statedir
+from .. import flakeconf, registration
 from ..errors import ConflictError, EngineError, FlakeError, NotFoundError, SecurityError, UsageError
-from ..podman.instance import app_of
-from ..runner import first_line, run
+from ..launch import names, statedir
+from ..launch.podman.instance import app_of
+from ..launch.runner import first_line, run
 from ..settings import Settings
 from .common import (
     add_format_flag,
@@ -383,14 +384,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return _purge(cfg, image_arg(args.container, "--container"), args.force)
 
 
-STATE_SUFFIXES = ("cid", "pid", "spec", "oci", "lock")  # an instance's files (podman/instance.py)
+STATE_SUFFIXES = ("cid", "pid", "spec", "oci", "lock")  # an instance's files (launch/podman/instance.py)
 
 
 class _Instance:
     """An instance's files in the caller's state dir: ``<app>[@NAME].{cid,pid,spec,oci,lock}``."""
 
     def __init__(self, directory: str, stem: str) -> None:
-        from ..podman import instance
+        from ..launch.podman import instance
 
         self.name = stem
         self.paths = instance.Paths(directory, stem)
@@ -423,7 +424,7 @@ def _refuse_running(instances: list[_Instance], force: bool) -> None:
 def _discard(cfg: Settings, instances: list[_Instance]) -> None:
     """Stop and remove each instance's container, then its state and lock files (under its lock,
     so a launch in progress finishes first and a later one starts afresh)."""
-    from ..podman import instance
+    from ..launch.podman import instance
 
     engine: tuple[list[str], dict[str, str]] | None = None
     for item in instances:

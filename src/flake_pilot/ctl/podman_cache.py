@@ -38,7 +38,7 @@ def add_parser(podman_subparsers: argparse._SubParsersAction) -> None:
 
 
 def _engine(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str, str]:
-    from .. import statedir
+    from ..launch import statedir
     from .common import load_settings, podman_engine
 
     cfg = load_settings(args)
@@ -90,8 +90,8 @@ def _current_tags(compose_dir: str) -> set[str]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .. import runner
     from ..flakeconf import config_path
+    from ..launch import runner
     from ..podman.compose import list_entries
 
     argv, env, flakes_dir, compose_dir = _engine(args)

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .. import names, yamlio
+from .. import yamlio
 from ..errors import ConflictError, EngineError, FlakeError, UsageError
-from ..runner import first_line, run
+from ..launch import names
+from ..launch.runner import first_line, run
 from . import LAUNCHER_DIR, MANIFEST, PACKAGES_DIR
 from .control import Meta, control_text, maintainer_scripts
 

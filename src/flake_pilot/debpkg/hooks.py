@@ -16,9 +16,10 @@ import os
 import sys
 from typing import Any
 
-from .. import flakeconf, registration, settings, statedir, yamlio
+from .. import flakeconf, registration, settings, yamlio
 from ..errors import ConfigError, ConflictError, FlakeError, NotFoundError
-from ..runner import first_line, run
+from ..launch import statedir
+from ..launch.runner import first_line, run
 from ..settings import Settings
 from . import MANIFEST, PACKAGES_DIR
 from .control import image_repo, package_name, vm_prefix
@@ -97,7 +98,7 @@ def _instance_files(ids_dir: str, app: str, suffixes: tuple[str, ...]) -> list[t
 
 
 def _clear_podman_instances(cfg: Settings, podman: list[str], env: dict[str, str], app: str) -> None:
-    from ..podman import instance
+    from ..launch.podman import instance
 
     files = _instance_files(cfg.podman_ids_dir, app, PODMAN_STATE)
     for directory, meta in sorted({(d, m) for d, _e, m in files}):
@@ -111,7 +112,7 @@ def _clear_podman_instances(cfg: Settings, podman: list[str], env: dict[str, str
 
 
 def _clear_vm_instances(cfg: Settings, app: str) -> None:
-    from ..firecracker import instances
+    from ..launch.firecracker import instances
 
     files = _instance_files(cfg.firecracker_ids_dir, app, VM_STATE)
     for directory, meta in sorted({(d, m) for d, _e, m in files}):

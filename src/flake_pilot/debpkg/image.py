@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EngineError, FlakeError, NotFoundError, UsageError
-from ..runner import first_line, run
+from ..launch.runner import first_line, run
 
 _HEX = frozenset("0123456789abcdef")
 

@@ -14,7 +14,7 @@ import os
 import tempfile
 
 from ..errors import EngineError, FlakeError
-from ..runner import first_line, run
+from ..launch.runner import first_line, run
 
 
 def _hashes(path: str) -> tuple[int, str, str, str]:

@@ -26,8 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .. import debug, progress
+from .. import progress
 from ..errors import DownloadError, NotFoundError, UsageError
+from ..launch import debug
 
 INSECURE_ENV = "FLAKE_ALLOW_INSECURE_TRANSPORT"
 DEADLINE_ENV, DEFAULT_DEADLINE = "FLAKE_DOWNLOAD_TIMEOUT", 3600.0

@@ -14,8 +14,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from .. import runner
 from ..errors import EngineError, UsageError
+from ..launch import runner
 
 SCI_PATH = "/usr/sbin/sci"
 PYTHON_PATH = "/usr/bin/python3"

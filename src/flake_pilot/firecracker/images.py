@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .. import names, statedir
 from ..errors import ConflictError, FlakeError, NotFoundError
+from ..launch import names, statedir
 from ..settings import Settings
 
 COMPONENTS = ("rootfs", "kernel", "initrd", "checksum")

@@ -21,7 +21,7 @@ from ..errors import ConfigError, EngineError, SecurityError
 TYPE_CHECKING = False  # annotations only: no dataclasses/typing at launch
 if TYPE_CHECKING:
     from .. import flakeconf
-    from . import plan
+    from ..launch.firecracker import plan
 
     Include = flakeconf.Include | plan.Include
 
@@ -32,7 +32,7 @@ def _mkfs() -> str:
     for path in ("/usr/sbin/mkfs.ext2", "/sbin/mkfs.ext2"):
         if os.access(path, os.X_OK):
             return path
-    from ..runner import which
+    from ..launch.runner import which
 
     return which("mkfs.ext2")
 
@@ -59,7 +59,7 @@ def _stage(root: str, include: Include, config_file: str) -> None:
             raise ConfigError(f"{config_file}: key 'include.tar': {tar!r} is not an absolute path")
         if not os.path.isfile(tar):
             raise ConfigError(f"{config_file}: key 'include.tar': {tar} does not exist")
-        from ..runner import run
+        from ..launch.runner import run
 
         run(["tar", "-C", upper, "-xf", tar])
     for src in include.path:
@@ -92,7 +92,7 @@ def create(path: str, size: int, include: Include, config_file: str) -> None:
             _stage(staging, include, config_file)
         except OSError as exc:
             raise EngineError(f"{path}: cannot stage the includes: {exc}") from exc
-        from ..runner import run
+        from ..launch.runner import run
 
         run([_mkfs(), "-F", "-q", "-d", staging, tmp])
         os.replace(tmp, path)

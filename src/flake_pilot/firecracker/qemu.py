@@ -13,15 +13,15 @@ as many calls run at once; further calls wait for a free port.
 On the launcher's start path: fastos, no os/subprocess/json imports.
 """
 
-from .. import fastos
+from ..launch import fastos
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from socket import socket
 
-    from .instances import InstancePaths
-    from .plan import Plan
-    from .vmdef import Instance
+    from ..launch.firecracker.instances import InstancePaths
+    from ..launch.firecracker.plan import Plan
+    from ..launch.firecracker.vmdef import Instance
 
 MACHINE = "microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=on"
 RESUME_PORTS = 8  # concurrent sessions of one resume VM
@@ -145,7 +145,7 @@ def argv(
 def claim_port(paths: "InstancePaths", count: int) -> tuple[int, int]:
     """A port no other call uses: (index, fd of its lock, held until closed). Waits for one
     port when all are busy."""
-    from . import instances
+    from ..launch.firecracker import instances
 
     for index in range(count):
         fd = instances.try_lock(port_socket(paths, index) + ".lock")
@@ -161,7 +161,7 @@ def connect(paths: "InstancePaths", index: int, pid: int, deadline: float) -> "s
     import socket
     import time
 
-    from .instances import is_vm
+    from ..launch.firecracker.instances import is_vm
 
     path = port_socket(paths, index)
     while True:

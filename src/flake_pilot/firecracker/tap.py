@@ -33,7 +33,7 @@ def _ip() -> str:
     for path in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"):
         if os.access(path, os.X_OK):
             return path
-    from ..runner import which
+    from ..launch.runner import which
 
     return which("ip")
 
@@ -42,7 +42,7 @@ def ensure(dev: str, uid: int) -> bool:
     """Create *dev* owned by *uid* when missing; True when this call created it."""
     if exists(dev):
         return False
-    from ..runner import run
+    from ..launch.runner import run
 
     ip = _ip()
     proc = run([ip, "tuntap", "add", "dev", dev, "mode", "tap", "user", str(uid)], check=False)
@@ -65,6 +65,6 @@ def remove(dev: str) -> None:
     """Delete a TAP device this launcher created (quietly: it may be gone already)."""
     if not exists(dev):
         return
-    from ..runner import run
+    from ..launch.runner import run
 
     run([_ip(), "tuntap", "del", "dev", dev, "mode", "tap"], check=False)

@@ -119,7 +119,7 @@ def _private(directory: str, create: bool) -> bool:
 
 
 def _key(kind: str, shape: int, app: str) -> tuple[object, ...]:
-    from . import __version__  # an upgrade may parse differently: never reuse an older plan
+    from .. import __version__  # an upgrade may parse differently: never reuse an older plan
 
     env = fastos.environ
     return (
@@ -203,8 +203,8 @@ def load(kind: str, shape: int, app: str) -> dict[str, object] | None:
 def inputs(app: str) -> list[str]:
     """Every path a registration lookup of *app* depends on (slow path: imports settings); found
     or missing, either way its stamp is part of the plan."""
-    from . import flakeconf, settings
-    from .errors import ConfigError
+    from .. import flakeconf, settings
+    from ..errors import ConfigError
 
     deps = [settings.system_config_path(), settings.user_config_path()]
     flakes_dirs = [settings.load(False).flakes_dir]

@@ -16,7 +16,7 @@ _NAME = _NAME_FIRST | frozenset(".@")
 def instance_name(value: str) -> str:
     """Validate an instance name as given after '@'."""
     if not (0 < len(value) <= 63 and value[0] in _INSTANCE_FIRST and set(value) <= _INSTANCE):
-        from .errors import UsageError
+        from ..errors import UsageError
 
         raise UsageError(f"invalid instance name {value!r}: use 1-63 of A-Z a-z 0-9 = _ - @ (not starting with @)")
     return value
@@ -24,14 +24,14 @@ def instance_name(value: str) -> str:
 
 def app_name(value: str, what: str = "app name") -> str:
     if not (0 < len(value) <= 128 and value[0] in _NAME_FIRST and set(value) <= _NAME) or ".." in value:
-        from .errors import UsageError
+        from ..errors import UsageError
 
         raise UsageError(f"invalid {what} {value!r}: use letters, digits and . _ + - @ (no '/', no '..')")
     return value
 
 
 def absolute_path(value: str, option: str) -> str:
-    from .errors import UsageError  # flake-ctl's check, not on a launcher's path
+    from ..errors import UsageError  # flake-ctl's check, not on a launcher's path
 
     if not value.startswith("/"):
         raise UsageError(f"{option}: {value!r} is not an absolute path")

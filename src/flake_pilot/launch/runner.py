@@ -43,7 +43,7 @@ def which(program: str) -> str:
 
 
 def _fail(message: str) -> "NoReturn":
-    from .errors import EngineError  # only on failure: a launch does not import the errors
+    from ..errors import EngineError  # only on failure: a launch does not import the errors
 
     raise EngineError(message)
 
@@ -69,7 +69,7 @@ def run(
     """Run argv; with *check*, a non-zero exit raises EngineError with the first stderr line."""
     import subprocess
 
-    from .errors import EngineError
+    from ..errors import EngineError
 
     argv = list(argv)
     if timeout is None:

@@ -27,7 +27,7 @@ MIN_FREE = 64 * 1024  # below this the state disk counts as full: refused before
 
 
 def _refuse(message: str) -> "NoReturn":
-    from .errors import SecurityError  # only on failure: a launch does not import the errors
+    from ..errors import SecurityError  # only on failure: a launch does not import the errors
 
     raise SecurityError(message)
 
@@ -97,7 +97,7 @@ def _check_space(fd: int, shown: str, uid: int) -> None:
     vfs = fastos.fstatvfs(fd)
     free = (vfs.f_bfree if uid == 0 else vfs.f_bavail) * vfs.f_frsize
     if free < MIN_FREE or (vfs.f_files and not vfs.f_favail):
-        from .errors import FlakeError
+        from ..errors import FlakeError
 
         raise FlakeError(f"{shown}: no space left on the state disk ({free // 1024} KiB free); free some space")
 

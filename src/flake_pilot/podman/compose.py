@@ -48,7 +48,7 @@ def ensure_image(
     (skip missing or refused host files). state_dir: the caller's private state dir (default:
     ``<podman_ids_dir>/<uid>`` of the flake's scope).
     """
-    from .. import debug, statedir
+    from ..launch import debug, statedir
 
     _check_app(flake.app)
     cdir = _compose_dir(flake.app, flake.config_file, state_dir)
@@ -83,7 +83,7 @@ def warm_image(
     Needs no parsed registration: the registration files (with drop-ins) are compared by
     their lstat stamps recorded at composition time, so a warm launch skips the YAML parse.
     """
-    from .. import debug
+    from ..launch import debug
 
     _check_app(app)
     cdir = _compose_dir(app, config_file, state_dir)
@@ -102,14 +102,15 @@ def warm_image(
 def _check_app(app: str) -> None:
     """The app name becomes a file name: the full (regex) check only when the cheap one fails."""
     if not app or "/" in app or app.startswith(".") or "\0" in app or len(app) > 128:
-        from ..names import app_name
+        from ..launch.names import app_name
 
         app_name(app)
 
 
 def _compose_dir(app: str, config_file: str, state_dir: str | None) -> str:
     if state_dir is None:
-        from .. import settings, statedir
+        from .. import settings
+        from ..launch import statedir
 
         system = settings.load(False)
         user = not config_file.startswith(system.flakes_dir.rstrip("/") + "/")
@@ -209,7 +210,7 @@ def _fresh(
     side: dict[str, object], inputs: dict[str, object], runtime: list[object], engine: object, side_path: str
 ) -> bool:
     """True when the recorded composition still matches every input (engine: Engine or None)."""
-    from .. import debug
+    from ..launch import debug
     from . import compose_store
 
     if side.get("inputs_cfg") != inputs or side.get("runtime") != runtime:
@@ -260,7 +261,7 @@ def _compose_locked(
     import shutil
     import signal
 
-    from .. import debug, runner
+    from ..launch import debug, runner
     from . import compose_build, compose_store
 
     assert isinstance(engine, compose_build.Engine)
@@ -328,7 +329,7 @@ def forget(app: str, state_dir: str) -> bool:
     (the flake is being removed); True if something was there."""
     import shutil
 
-    from .. import statedir
+    from ..launch import statedir
 
     cdir = os.path.join(state_dir, "compose")
     if not os.path.isdir(cdir) or os.path.islink(cdir):
@@ -349,7 +350,7 @@ def list_entries(podman_argv: list[str], env: dict[str, str]) -> list[dict[str, 
     """Every composed image in this store: app, tag, id, inputs, size, created, containers."""
     import json
 
-    from .. import runner
+    from ..launch import runner
     from .compose_build import LABEL_APP, LABEL_INPUTS, PREFIX
 
     out = runner.run([*podman_argv, "images", "--format", "json", "--filter", f"label={LABEL_APP}"], env=env).stdout
@@ -382,7 +383,7 @@ def free_entries(
 
     Called when a flake or its container is removed. Images still used by a container stay.
     """
-    from .. import runner
+    from ..launch import runner
 
     argv = podman_argv or [runner.which("podman")]
     env = env or {}

@@ -19,9 +19,9 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any
 
-from .. import debug, runner
 from ..errors import EngineError, NotFoundError
 from ..flakeconf import PodmanFlake
+from ..launch import debug, runner
 from . import compose_store, compose_tar, hostdeps
 from .compose_store import StoreIndex
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import runner
 from ..errors import EngineError, NotFoundError, SecurityError
+from ..launch import runner
 
 MAX_PATHS = 4096
 

@@ -17,8 +17,8 @@ import signal
 import time
 from typing import Any
 
-from .. import debug, fastos, runner
-from . import argv, instance, oci
+from ..launch import debug, fastos, runner
+from ..launch.podman import argv, instance, oci
 
 CAPTURE_DEADLINE_S = 20.0
 CAPTURE_VAR = "FLAKE_PILOT_CAPTURE"
@@ -65,7 +65,7 @@ def record(
 
 
 def _write(path: str, data: bytes) -> None:
-    from .. import statedir
+    from ..launch import statedir
 
     try:  # temp + rename, a damaged file or empty dir in the way replaced; a full disk: no record
         statedir.write_file(path, data)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 
-from .. import debug, runner
 from ..errors import EngineError
+from ..launch import debug, runner
 
 PLAIN_HTTP = "HTTP response to HTTPS client"  # podman's words for a registry without TLS
 

@@ -135,7 +135,7 @@ def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
     """Remove an instance's runtime files (and its one-shot overlay, TAP device if ours)."""
     dev = statedir.read_file(paths.tap_record)
     if dev:
-        from . import tap
+        from ...firecracker import tap
 
         tap.remove(dev)
     prefix = fastos.basename(paths.sock) + "_"

@@ -47,7 +47,7 @@ def boot_timeout() -> float:
     except ValueError:
         value = -1.0
     if not 0 < value <= 3600:
-        from ..errors import UsageError
+        from ...errors import UsageError
 
         raise UsageError(f"PILOT_BOOT_TIMEOUT={text!r}: expected seconds from 0 to 3600")
     return value
@@ -80,7 +80,7 @@ class Interrupted(Exception):
 
 
 def parse_args(app: str, argv: list[str]) -> CallArgs:
-    """Caller arguments (``flake_pilot.callargs``) with firecracker-pilot's option set."""
+    """Caller arguments (``flake_pilot.launch.callargs``) with firecracker-pilot's option set."""
     from ..callargs import FIRECRACKER_OPTIONS, split
     from ..names import instance_name
 
@@ -89,13 +89,13 @@ def parse_args(app: str, argv: list[str]) -> CallArgs:
     if "port" in caller.options:
         value = caller.options["port"]
         if not value.isdigit() or not 0 < int(value) < 2**32:
-            from ..errors import UsageError
+            from ...errors import UsageError
 
             raise UsageError(f"%port:{value}: expected a vsock port number")
         port = int(value)
     meta = "@".join([app, *caller.instances])
     if len(meta) > 255 - len("sci_cmd_.sock_4294967295"):
-        from ..errors import UsageError
+        from ...errors import UsageError
 
         raise UsageError(f"instance name {meta!r} is too long")
     return CallArgs(meta, caller.app_args, port, "progress" in caller.options)
@@ -149,7 +149,7 @@ def _start(argv: list[str], *, console: bool, log_fd: int, config_fd: int, keep:
     finally:
         fastos.close(err_r)
     if failure:
-        from ..errors import EngineError
+        from ...errors import EngineError
 
         fastos.waitpid(pid, 0)
         raise EngineError(f"{argv[0]}: cannot start: {failure.decode(errors='replace')}")
@@ -160,7 +160,7 @@ def check_kvm() -> None:
     """Firecracker needs read/write access to /dev/kvm: say so in one line before it fails."""
     if fastos.access(KVM_DEV, 6):  # R_OK | W_OK
         return
-    from ..errors import EngineError
+    from ...errors import EngineError
 
     if not fastos.exists(KVM_DEV):
         raise EngineError(
@@ -222,7 +222,7 @@ def find_binary(binary: str) -> str:
     be ``firecracker``: that is how a running instance is recognised (/proc/PID/comm), here and by
     ``flake-ctl firecracker show``."""
     if fastos.basename(binary) != "firecracker":
-        from ..errors import EngineError
+        from ...errors import EngineError
 
         raise EngineError(
             f"{binary}: the Firecracker binary must be named 'firecracker' (a symlink of that "
@@ -231,7 +231,7 @@ def find_binary(binary: str) -> str:
     path = fastos.which(binary)
     if path is not None:
         return path
-    from ..errors import EngineError
+    from ...errors import EngineError
 
     where = "" if "/" in binary else f" in PATH ({fastos.environ.get('PATH', '')})"
     raise EngineError(f"{binary}: not found{where}; install Firecracker or set generic.firecracker_binary")
@@ -261,8 +261,8 @@ def log_reason(paths: "InstancePaths") -> str:
 def start_failed(paths: "InstancePaths", message: str) -> Exception:
     """The error for a VM that failed to start: its log is kept (``<meta>.failed.log``, replacing
     the one of an earlier failure) and named, since the instance's own files are removed."""
+    from ...errors import EngineError
     from .. import statedir
-    from ..errors import EngineError
 
     kept = paths.failed_log
     try:
@@ -280,8 +280,8 @@ def prepare(flake: "Plan", paths: "InstancePaths", uid: int, resume: bool) -> tu
     ov = None
     created = False
     if flake.firecracker.overlay_size:
-        from ..sizes import parse_size
-        from . import overlay
+        from ...firecracker import overlay
+        from ...sizes import parse_size
 
         ov = paths.overlay(resume)
         if not (resume and overlay.usable(ov)):
@@ -289,8 +289,8 @@ def prepare(flake: "Plan", paths: "InstancePaths", uid: int, resume: bool) -> tu
             created = True
     dev = None
     if vmdef.wants_network(flake) and (flake.vmm != "qemu" or flake.network == "tap"):
+        from ...firecracker import tap
         from .. import statedir
-        from . import tap
 
         try:
             dev = tap.name(paths.meta)
@@ -346,7 +346,7 @@ def find_qemu(binary: str) -> str:
     path = fastos.which(binary)
     if path is not None:
         return path
-    from ..errors import EngineError
+    from ...errors import EngineError
 
     where = "" if "/" in binary else f" in PATH ({fastos.environ.get('PATH', '')})"
     raise EngineError(
@@ -366,8 +366,9 @@ def spawn_qemu(
     keep: bool,
 ) -> int:
     """Start QEMU for this instance (KVM when usable, else TCG); record its PID."""
+    from ...firecracker import qemu
     from .. import statedir
-    from . import qemu, vmdef
+    from . import vmdef
 
     binary = find_qemu(flake.qemu_binary)
     accel, why = qemu.kvm_accel()
@@ -417,14 +418,14 @@ def connect(paths: "InstancePaths", pid: int, port: int, progress: bool) -> "soc
     """Wait for sci to answer on vsock *port* while the VM is alive; the connected socket."""
     import time
 
-    from ..protocol import ProtocolError, connect_firecracker_vsock
+    from ...protocol import ProtocolError, connect_firecracker_vsock
     from .instances import is_vm
 
     limit = boot_timeout()
     deadline = time.monotonic() + limit
     spin = None
     if progress:
-        from ..progress import spinner
+        from ...progress import spinner
 
         spin = spinner(f"starting {paths.meta}")
         spin.__enter__()
@@ -464,8 +465,8 @@ def session(
     """Run the call as a sci session on the connected *sock*. With *paths*/*pid* (QEMU: the
     handshake includes the boot) a session that fails before the guest answered is reported as a
     failed start; *answered* (one flag) is set once the guest answered."""
-    from .. import protocol
-    from ..protocol import ProtocolError, Request, run_session, terminal_size
+    from ... import protocol
+    from ...protocol import ProtocolError, Request, run_session, terminal_size
 
     tty = fastos.isatty(0)
     rows, cols = terminal_size(0) if tty else (0, 0)
@@ -474,7 +475,7 @@ def session(
     flag = answered if answered is not None else [False]
     spin = None
     if call.progress and paths is not None:
-        from ..progress import spinner
+        from ...progress import spinner
 
         spin = spinner(f"starting {paths.meta}")
         spin.__enter__()
@@ -522,7 +523,7 @@ def call_session(flake: "Plan", call: CallArgs, paths: "InstancePaths", pid: int
         return session(flake, call, vsock)
     import time
 
-    from . import qemu
+    from ...firecracker import qemu
 
     limit = boot_timeout()
     index, port_lock = qemu.claim_port(paths, qemu.ports(flake))
@@ -542,7 +543,7 @@ def run_oneshot(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int)
 
     lock_fd = instances.try_lock(paths.lock)
     if lock_fd is None:
-        from ..errors import ConflictError
+        from ...errors import ConflictError
 
         raise ConflictError(f"instance {call.meta} is in use by another call; start another one with @NAME")
     pid = None
@@ -556,7 +557,7 @@ def run_oneshot(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int)
     try:
         running = instances.running_pid(paths)
         if running:
-            from ..errors import ConflictError
+            from ...errors import ConflictError
 
             raise ConflictError(f"instance {call.meta} runs as VM pid {running}; use @NAME or stop it")
         instances.remove_files(paths, overlay=False)
@@ -655,7 +656,7 @@ def launch(app: str, argv: list[str]) -> int:
     uid = fastos.getuid()
     paths = instances.InstancePaths(state_dir, call.meta)
     if len(fastos.fsencode(paths.sock)) + len(f"_{call.port}") > SUN_PATH_MAX:
-        from ..errors import UsageError
+        from ...errors import UsageError
 
         raise UsageError(
             f"{paths.sock}_{call.port}: longer than a Unix socket path may be; "
@@ -680,7 +681,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signo, _raise_interrupted)
     try:
         if app in ("firecracker-pilot", "") or app.endswith(".py"):
-            from ..errors import UsageError
+            from ...errors import UsageError
 
             raise UsageError(
                 "firecracker-pilot is started through an app symlink registered with `flake-ctl firecracker register`"
@@ -693,7 +694,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:
-        from ..errors import launcher_failure  # only on failure: not imported at launch
+        from ...errors import launcher_failure  # only on failure: not imported at launch
 
         code = launcher_failure(app, exc)
     if argv_given:

@@ -1,7 +1,7 @@
 """What firecracker-pilot needs from a VM registration, cached so a warm launch imports no YAML.
 
 Same job as ``podman/plan.py``: ``load`` takes the plan from the launchers' shared registration
-cache (``flake_pilot.launchcache``) or parses the registration (flakeconf, settings: PyYAML and
+cache (``flake_pilot.launch.launchcache``) or parses the registration (flakeconf, settings: PyYAML and
 dataclasses, ~40 ms of imports) and stores it there. The plan has the attribute shape of a
 ``flakeconf.VmFlake`` (``plan.firecracker.boot_args``, ``plan.include.tar``) plus the two settings
 the launch needs, built from plain classes: no dataclasses at launch.
@@ -13,8 +13,8 @@ from .. import launchcache
 # annotations, quoted
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..flakeconf import VmFlake
-    from ..settings import Settings
+    from ...flakeconf import VmFlake
+    from ...settings import Settings
 
 KIND = "firecracker"
 SHAPE = 2  # bump when the fields below change
@@ -171,8 +171,8 @@ def cached(app: str) -> Plan | None:
 
 def build(app: str) -> Plan:
     """Parse the registration (the slow path)."""
-    from .. import flakeconf, settings
-    from ..errors import UsageError
+    from ... import flakeconf, settings
+    from ...errors import UsageError
 
     found, user_mode = flakeconf.find(app)
     if not isinstance(found, flakeconf.VmFlake):

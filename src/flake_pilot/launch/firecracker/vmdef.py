@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, TypeAlias
 
-    from ..flakeconf import VmFlake
+    from ...flakeconf import VmFlake
     from .plan import Plan
 
     Vm: TypeAlias = VmFlake | Plan
@@ -76,7 +76,7 @@ def run_command(flake: "Vm", args: list[str]) -> str:
     words = [flake.target_app_path, *args]
     for word in words:
         if '"' in word or any(ord(c) < 32 or ord(c) == 127 for c in word):
-            from ..errors import UsageError
+            from ...errors import UsageError
 
             raise UsageError(
                 f"{flake.app}: argument {word!r} cannot travel on the serial console's kernel command line "
@@ -137,7 +137,7 @@ def boot_args(
         out.append("run=vsock")
     cmdline = " ".join(out)
     if len(cmdline.encode()) > CMDLINE_MAX - 128:  # Firecracker appends root=/dev/vda ro virtio_mmio...
-        from ..errors import UsageError
+        from ...errors import UsageError
 
         raise UsageError(
             f"{flake.app}: kernel command line is {len(cmdline)} bytes, more than the "
@@ -151,7 +151,7 @@ def config(flake: "Vm", inst: Instance, cmdline: str) -> "dict[str, Any]":
     fc = flake.firecracker
     for key, value in (("kernel_image_path", fc.kernel_image_path), ("rootfs_image_path", fc.rootfs_image_path)):
         if not value:
-            from ..errors import ConfigError
+            from ...errors import ConfigError
 
             raise ConfigError(f"{flake.config_file}: key 'vm.runtime.firecracker.{key}' is missing")
     boot: dict[str, Any] = {"kernel_image_path": fc.kernel_image_path, "boot_args": cmdline}

@@ -1,6 +1,6 @@
 """Pure argv building for podman-pilot (no I/O except the volume-path check).
 
-Caller arguments (``@NAME``, ``%option``, ``@@x``/``%%x``) are parsed by ``flake_pilot.callargs``
+Caller arguments (``@NAME``, ``%option``, ``@@x``/``%%x``) are parsed by ``flake_pilot.launch.callargs``
 with podman-pilot's option set.
 """
 

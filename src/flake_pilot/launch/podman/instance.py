@@ -182,7 +182,7 @@ def gc(directory: str) -> int:
         except OSError:
             continue
         except Exception as exc:  # a planted symlink: not ours to remove
-            from ..errors import SecurityError
+            from ...errors import SecurityError
 
             if isinstance(exc, SecurityError):
                 continue

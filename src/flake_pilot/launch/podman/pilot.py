@@ -38,7 +38,7 @@ def _opts(p: "Plan", caller: "CallerArgs", env: dict[str, str]) -> list[str]:
         try:
             items.append(expand_vars(item, env))
         except (KeyError, ValueError) as exc:
-            from ..errors import ConfigError
+            from ...errors import ConfigError
 
             why = f"%{exc.args[0]} is not set in the environment" if isinstance(exc, KeyError) else str(exc)
             raise ConfigError(f"{p.config_file}: key 'container.runtime.podman': {item!r}: {why}") from None
@@ -47,7 +47,7 @@ def _opts(p: "Plan", caller: "CallerArgs", env: dict[str, str]) -> list[str]:
     else:
         missing = missing_volumes(items)
         if missing:  # podman would report it raw on the app's stderr
-            from ..errors import ConfigError
+            from ...errors import ConfigError
 
             raise ConfigError(
                 f"{p.config_file}: key 'container.runtime.podman': volume path {missing[0]} does not exist "
@@ -64,7 +64,7 @@ _TLS_REMEDY = "register the flake with --tls-verify=false"
 def _progress(caller: "CallerArgs", label: str) -> "AbstractContextManager[object]":
     if "progress" not in caller.options:
         return _Null()
-    from .. import progress
+    from ... import progress
 
     return progress.spinner(label)
 
@@ -82,13 +82,13 @@ def launch(app: str, args: list[str]) -> int:
     from . import argv, plan
 
     if app in ("podman-pilot", "") or app.startswith("."):
-        from ..errors import UsageError
+        from ...errors import UsageError
 
         raise UsageError("call podman-pilot through an app symlink (flake-ctl podman register --app /usr/bin/NAME ...)")
     with debug.phase("plan"):
         p = plan.load(app)
     if not p.user_mode and fastos.getuid() != 0:
-        from ..errors import SecurityError
+        from ...errors import SecurityError
 
         raise SecurityError(
             f"{p.config_file}: runas root: this system flake uses root's podman storage; run it as root "
@@ -97,7 +97,7 @@ def launch(app: str, args: list[str]) -> int:
     try:
         caller = argv.split_caller_args(args, _validate_instance)
     except ValueError as exc:
-        from ..errors import UsageError
+        from ...errors import UsageError
 
         raise UsageError(str(exc)) from None
     podman = runner.which(p.podman)
@@ -105,7 +105,7 @@ def launch(app: str, args: list[str]) -> int:
     env = dict(fastos.environ)
     if p.storage_conf:
         if not fastos.exists(p.storage_conf):  # podman would exit 1 (the app's status) with its own text
-            from ..errors import ConfigError
+            from ...errors import ConfigError
 
             raise ConfigError(f"{p.storage_conf}: podman storage config missing (generic.podman_storage_conf)")
         env["CONTAINERS_STORAGE_CONF"] = p.storage_conf
@@ -115,18 +115,18 @@ def launch(app: str, args: list[str]) -> int:
     prefix = argv.engine(podman, debug.enabled())
     image = p.image
     if p.image_present is False:  # known missing: pulled here, quietly, not by podman run on the app's stderr
-        from . import pull
+        from ...podman import pull
 
         with debug.phase("pull"):
             pull.pull(prefix, env, image, tls_verify=p.tls_verify, remedy=_TLS_REMEDY, label=f"{app}: pulling {image}")
     if p.compose:
-        from . import compose
+        from ...podman import compose
 
         ignore = "ignore_sync_error" in caller.options
         with debug.phase("compose"):  # warm: no YAML parse, no engine call
             cached = compose.warm_image(app, p.config_file, prefix, env, state_dir=state, ignore_sync_error=ignore)
             if cached is None:
-                from .. import flakeconf
+                from ... import flakeconf
 
                 flake = flakeconf.parse(app, p.config_file)
                 assert isinstance(flake, flakeconf.PodmanFlake)
@@ -140,7 +140,7 @@ def launch(app: str, args: list[str]) -> int:
     tty = tty and not in_background()
     if p.resume:
         if p.target == "/":
-            from ..errors import ConfigError
+            from ...errors import ConfigError
 
             raise ConfigError(
                 f"{p.config_file}: key 'container.target_app_path': resume mode needs the "
@@ -170,7 +170,7 @@ def _oneshot(
     if caller.instance is not None:
         cid = instance.alive(paths)
         if cid:
-            from ..errors import ConflictError
+            from ...errors import ConflictError
 
             raise ConflictError(
                 f"{paths.cid}: instance {p.app}@{caller.instance} is running (container {cid[:12]}); use another @NAME"
@@ -220,7 +220,7 @@ def _resume(
                 with _progress(caller, f"starting {p.app}"):
                     cid = _start_resume(prefix, env, image, opts, paths, wanted, key)
             elif record and instance.same_spec(paths, wanted):
-                from . import oci_capture
+                from ...podman import oci_capture
 
                 with debug.phase("record"):
                     oci_capture.ensure(prefix, env, cid, paths, wanted, key)
@@ -309,9 +309,10 @@ def _start_resume(
 ) -> str:
     """Restart a stopped instance (its files are kept), or create a fresh one; then record how
     later calls enter it through the runtime."""
+    from ...errors import EngineError
+    from ...podman import oci_capture
     from .. import runner, statedir
-    from ..errors import EngineError
-    from . import argv, instance, oci_capture
+    from . import argv, instance
 
     fd, previous, _ = oci.open_record(paths.stem, wanted, key)
     if fd >= 0:
@@ -355,8 +356,8 @@ def _attach(
     state: str,
     tty: bool,
 ) -> int:
+    from ...errors import EngineError
     from .. import runner, statedir
-    from ..errors import EngineError
     from . import argv, instance, proc
 
     paths = instance.Paths(state, instance.name(p.app, caller.instance, oneshot=False))
@@ -448,7 +449,7 @@ def main() -> int:
         sys.stderr.write(f"{app if app.isprintable() else ascii(app)}: interrupted\n")
         return 128 + getattr(exc, "signum", 2)
     except Exception as exc:
-        from ..errors import launcher_failure  # only on failure: not imported at launch
+        from ...errors import launcher_failure  # only on failure: not imported at launch
 
         return launcher_failure(app, exc)
     # main() is the process entry point (console script; in-process callers use launch()): the

@@ -2,7 +2,7 @@
 
 Parsing YAML costs ~40 ms of imports (PyYAML, re, dataclasses), more than the launcher's whole
 budget. ``load`` takes the plan from the launchers' shared registration cache
-(``flake_pilot.launchcache``: private dir, stamps of every input file, any doubt = parse again)
+(``flake_pilot.launch.launchcache``: private dir, stamps of every input file, any doubt = parse again)
 or parses the registration (flakeconf, settings) and stores the result there.
 """
 
@@ -71,9 +71,9 @@ def cached(app: str) -> Plan | None:
 
 def build(app: str) -> Plan:
     """Parse the registration (the slow path); *app* is a valid app name (``load`` checks it)."""
-    from .. import flakeconf, settings
-    from ..errors import ConfigError
-    from .compose import needs_compose
+    from ... import flakeconf, settings
+    from ...errors import ConfigError
+    from ...podman.compose import needs_compose
 
     flake, user_scope = flakeconf.find(app)
     if not isinstance(flake, flakeconf.PodmanFlake):
@@ -113,7 +113,7 @@ def load(app: str) -> Plan:
     before = launchcache.stamps(launchcache.inputs(app))
     plan = build(app)
     if not plan.compose:  # whether the launch must pull: decided here, once per store change
-        from .pull import images_json, present
+        from ...podman.pull import images_json, present
 
         fields = plan.as_dict()
         fields["images_json"] = images_json(plan.storage_conf)

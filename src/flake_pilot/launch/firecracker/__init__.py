@@ -1,0 +1,1 @@
+"""firecracker-pilot's warm path (see flake_pilot.launch)."""

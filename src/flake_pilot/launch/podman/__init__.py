@@ -1,0 +1,1 @@
+"""podman-pilot's warm path (see flake_pilot.launch)."""

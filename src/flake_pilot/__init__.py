@@ -22,6 +22,7 @@ _WARM_PODMAN = (
     "launch/__init__",
     "launch/fastos",
     "launch/debug",
+    "launch/main",
     "launch/callargs",
     "launch/runner",
     "launch/statedir",
@@ -38,6 +39,7 @@ _WARM_FIRECRACKER = (
     "launch/__init__",
     "launch/fastos",
     "launch/debug",
+    "launch/main",
     "launch/callargs",
     "launch/names",
     "launch/statedir",
@@ -108,12 +110,12 @@ def _preload(paths: tuple[str, ...]) -> list[str]:
     return loaded
 
 
-def podman_pilot() -> int:
-    """Console script ``podman-pilot`` (the app symlinks point to it)."""
+def podman_pilot() -> None:
+    """Console script ``podman-pilot`` (the app symlinks point to it); exits the process."""
     _preload(_WARM_PODMAN)
     from .launch.podman.pilot import main
 
-    return main()
+    main()
 
 
 def firecracker_pilot() -> None:

@@ -26,10 +26,12 @@ import sys
 # that name TYPE_CHECKING-only classes are quoted. flake_pilot.errors is imported where an error
 # is raised or reported, not by a launch that goes well.
 from .. import debug, fastos
+from ..main import run
 
 TYPE_CHECKING = False  # importing typing costs ~13 ms of launcher start
 if TYPE_CHECKING:
     from socket import socket
+    from typing import NoReturn
 
     from .instances import InstancePaths
     from .plan import Plan
@@ -672,35 +674,18 @@ def launch(app: str, argv: list[str]) -> int:
     return run_oneshot(flake, call, paths, uid)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv_given = argv is not None
-    fastos.std_streams()
-    argv = list(sys.argv if argv is None else argv)
-    app = fastos.basename(argv[0]) if argv else "firecracker-pilot"
+def main(argv: "list[str] | None" = None) -> "NoReturn":
+    """The console script's entry (``flake_pilot.firecracker_pilot``): the launchers' one main;
+    *argv* given (in-process): ends with SystemExit."""
     for signo in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signo, _raise_interrupted)
+    run("firecracker-pilot", _launch_app, argv)
+
+
+def _launch_app(app: str, args: list[str]) -> int:
+    from ..names import app_name
+
     try:
-        if app in ("firecracker-pilot", "") or app.endswith(".py"):
-            from ...errors import UsageError
-
-            raise UsageError(
-                "firecracker-pilot is started through an app symlink registered with `flake-ctl firecracker register`"
-            )
-        from ..names import app_name
-
-        code = launch(app_name(app), argv[1:])
-    except Interrupted as exc:
-        code = 128 + exc.signo
-    except KeyboardInterrupt:
-        code = 130
-    except Exception as exc:
-        from ...errors import launcher_failure  # only on failure: not imported at launch
-
-        code = launcher_failure(app, exc)
-    if argv_given:
-        sys.exit(code)
-    # the console script's entry: the VM is reaped and the instance cleaned up, nothing is left
-    # but the interpreter's teardown (ms), so skip it, as podman-pilot does
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fastos._exit(code)
+        return launch(app_name(app), args)
+    except Interrupted as exc:  # the VM, the app, ended by the signal: its status, as a killed program's
+        return 128 + exc.signo

@@ -10,14 +10,14 @@ container's PID 1 would ignore them. Any failure of the launcher itself exits 12
 line on stderr. A warm launch imports only the stdlib's built-in modules (fastos instead of os).
 """
 
-import sys
-
 from .. import debug, fastos
+from ..main import run
 from . import oci
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
+    from typing import NoReturn
 
     from .argv import CallerArgs
     from .instance import Paths
@@ -81,10 +81,6 @@ def launch(app: str, args: list[str]) -> int:
     from .. import runner, statedir
     from . import argv, plan
 
-    if app in ("podman-pilot", "") or app.startswith("."):
-        from ...errors import UsageError
-
-        raise UsageError("call podman-pilot through an app symlink (flake-ctl podman register --app /usr/bin/NAME ...)")
     with debug.phase("plan"):
         p = plan.load(app)
     if not p.user_mode and fastos.getuid() != 0:
@@ -440,24 +436,10 @@ def _discard(prefix: list[str], env: dict[str, str], cid: str, paths: "Paths") -
         lock.unlink()
 
 
-def main() -> int:
-    fastos.std_streams()  # a closed stdout (`app >&-`): one line and the app's status, no traceback
-    app = fastos.basename(sys.argv[0])
-    try:
-        code = launch(app, sys.argv[1:])
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during an engine call (runner.Stopped)
-        sys.stderr.write(f"{app if app.isprintable() else ascii(app)}: interrupted\n")
-        return 128 + getattr(exc, "signum", 2)
-    except Exception as exc:
-        from ...errors import launcher_failure  # only on failure: not imported at launch
-
-        return launcher_failure(app, exc)
-    # main() is the process entry point (console script; in-process callers use launch()): the
-    # app's status is known and nothing is buffered, so skip the interpreter's teardown (ms)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fastos._exit(code)
+def main() -> "NoReturn":
+    """The console script's entry (``flake_pilot.podman_pilot``): the launchers' one main."""
+    run("podman-pilot", lambda app, args: launch(app, args))  # launch looked up per call: tests replace it
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

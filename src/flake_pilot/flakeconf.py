@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, NotFoundError
 
-TYPE_CHECKING = False  # importing typing costs ~13 ms of launcher start; annotations only
 if TYPE_CHECKING:
     from typing import Any
 

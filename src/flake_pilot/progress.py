@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # no typing import at run time (launchers import this)
 if TYPE_CHECKING:
     import threading
     from typing import TextIO

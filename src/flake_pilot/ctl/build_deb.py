@@ -12,6 +12,7 @@ import re
 import shutil
 from typing import Any
 
+from ..errors import NotFoundError, UsageError
 from .common import add_user_flag
 
 ENGINES = {"podman": "podman-pilot", "firecracker": "firecracker-pilot"}
@@ -123,7 +124,6 @@ def add_parsers(subparsers: argparse._SubParsersAction, engine: str) -> None:  #
 def _includes(args: argparse.Namespace, package: str, work: str) -> tuple[list[str], dict[str, str]]:
     """Copy --include-tar files into the work dir; their paths once installed, and the payload."""
     from ..debpkg import PACKAGES_DIR
-    from ..errors import NotFoundError
     from .common import require_abs
 
     rels, payload = [], {}
@@ -169,7 +169,6 @@ def _meta(args: argparse.Namespace, name: str, version: str, arch: str, summary:
 def _check_early(args: argparse.Namespace) -> list[Any]:
     """What can be refused before any work: apps, names given, output dir."""
     from ..debpkg import build, control
-    from ..errors import UsageError
 
     apps = [build.parse_app(v) for v in args.app]
     if len({a.path for a in apps}) != len(apps):
@@ -190,7 +189,6 @@ def _check_early(args: argparse.Namespace) -> list[Any]:
 def _register_options(args: argparse.Namespace, engine: str, options: list[str], image: str, app: Any) -> list[str]:
     """*options* plus those after '--', checked by parsing a trial ``register`` command line."""
     from ..debpkg.hooks import parse_register, register_argv
-    from ..errors import UsageError
 
     options = [*options, *args.register_options]
     argv = register_argv(engine, image, {"app": app.path, "target": app.target}, options)
@@ -224,7 +222,6 @@ def _app_lines(apps: list[Any]) -> list[str]:
 def cmd_build_podman(args: argparse.Namespace) -> int:
     from ..debpkg import build, control
     from ..debpkg import image as debimage
-    from ..errors import UsageError
     from ..launch.runner import which
     from .common import load_settings, podman_engine
 
@@ -318,7 +315,6 @@ def _copy_hashed(src: str, dest: str) -> str:
 
 def cmd_build_firecracker(args: argparse.Namespace) -> int:
     from ..debpkg import build, control
-    from ..errors import NotFoundError, UsageError
     from ..launch import names
     from ..launch.runner import run
     from ..sizes import parse_size

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import shutil
 import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import settings
 from ..errors import FlakeError
-from ..launch import fastos, runner
+from ..launch import runner
 from ..settings import Settings
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -231,7 +232,7 @@ def subids(user_mode: bool, needed: bool) -> Result:
             f"no entry for {user} in {', '.join(missing)}",
             f"usermod --add-subuids 200000-265535 --add-subgids 200000-265535 {user}",
         )
-    if not fastos.which("newuidmap"):
+    if not shutil.which("newuidmap"):
         return Result("subuid/subgid", _needed(needed and user_mode), "newuidmap not found", "apt-get install uidmap")
     return Result("subuid/subgid", OK, f"{user} has subordinate ids")
 

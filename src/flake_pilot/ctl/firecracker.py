@@ -15,6 +15,7 @@ import sys
 from types import FrameType
 from typing import Any
 
+from ..errors import ConflictError, DownloadError, FlakeError, NotFoundError, UsageError
 from .common import add_format_flag, add_user_flag
 
 LAUNCHER = "firecracker-pilot"
@@ -162,7 +163,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _pins(values: list[str], sources: dict[str, Any]) -> dict[str, str]:
-    from ..errors import UsageError
     from ..firecracker.download import check_hex
 
     pins: dict[str, str] = {}
@@ -179,8 +179,6 @@ def _pins(values: list[str], sources: dict[str, Any]) -> dict[str, str]:
 
 
 def _sci_file(args: argparse.Namespace, workdir: str) -> str:
-    from ..errors import NotFoundError
-
     if args.sci:
         if not os.path.isfile(args.sci):
             raise NotFoundError(f"--sci: {args.sci}: no such file")
@@ -211,7 +209,6 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from ..errors import DownloadError, UsageError
     from ..firecracker import download, guestfs, images, kis
     from ..launch import names
     from .common import load_settings
@@ -281,7 +278,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _abs_existing(value: str, option: str) -> str:
-    from ..errors import NotFoundError
     from ..launch.names import absolute_path
 
     path = absolute_path(os.path.abspath(value), option)
@@ -332,7 +328,6 @@ def vm_config(args: argparse.Namespace, image: Any, runas: str) -> dict[str, Any
 
 def cmd_register(args: argparse.Namespace) -> int:
     from .. import registration
-    from ..errors import UsageError
     from ..firecracker import images
     from ..launch import names
     from ..sizes import parse_size
@@ -366,7 +361,6 @@ def cmd_register(args: argparse.Namespace) -> int:
 def _vm_registrations(flakes_dir: str, vm: str) -> list[tuple[str, str]]:
     """(app path, config) of every VM flake using image *vm*; broken configs are reported and skipped."""
     from .. import flakeconf
-    from ..errors import FlakeError
     from .listing import registrations
 
     found = []
@@ -386,7 +380,6 @@ def _vm_registrations(flakes_dir: str, vm: str) -> list[tuple[str, str]]:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     from .. import registration
-    from ..errors import ConflictError, NotFoundError
     from ..firecracker import images
     from ..launch import names
     from .common import load_settings, require_abs
@@ -426,7 +419,6 @@ def _instances(ids_dir: str, flakes_dir: str) -> list[dict[str, Any]]:
     import pwd
 
     from .. import flakeconf
-    from ..errors import FlakeError
     from ..launch import statedir
     from ..launch.firecracker.instances import InstancePaths, is_vm
     from .common import user_name

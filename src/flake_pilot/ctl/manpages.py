@@ -21,6 +21,7 @@ import re
 import sys
 
 from .. import __version__
+from ..errors import EXIT_CODES
 from . import mdroff
 from .mdroff import esc
 
@@ -181,8 +182,6 @@ def _doc_sections(docs: mdroff.Docs, wanted: list[tuple[str, str, str]]) -> str:
 
 
 def ctl_page(parser: argparse.ArgumentParser, summary: str, root: bool, docs: mdroff.Docs) -> str:
-    from ..errors import EXIT_CODES
-
     name = page_name(parser.prog)
     parts = [
         _th(name, "8"),

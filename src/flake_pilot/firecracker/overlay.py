@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, EngineError, SecurityError
 
-TYPE_CHECKING = False  # annotations only: no dataclasses/typing at launch
 if TYPE_CHECKING:
     from .. import flakeconf
     from ..launch.firecracker import plan

@@ -13,11 +13,12 @@ instance then take podman's path (without trying again until the instance change
 import json
 import marshal
 import os
+import shutil
 import signal
 import time
 from typing import Any
 
-from ..launch import debug, fastos, runner
+from ..launch import debug, runner
 from ..launch.podman import argv, instance, oci
 
 CAPTURE_DEADLINE_S = 20.0
@@ -98,7 +99,7 @@ def _capture(
     found["global"] = tuple(global_args)
     del found["runtime_args"]
     if os.getuid() != 0:  # rootless: the runtime runs in podman's user and mount namespaces
-        nsenter = fastos.which("nsenter")
+        nsenter = shutil.which("nsenter")
         if nsenter is None:
             raise Unusable("nsenter (util-linux) not found")
         found.update(holder=(conmon, oci.started(conmon)), nsenter=nsenter)

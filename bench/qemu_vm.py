@@ -127,7 +127,7 @@ def main() -> None:
         pid = (root / "ids" / str(os.getuid()) / "rsh.vmid").read_text()
         os.kill(int(pid), 15)
 
-    from flake_pilot.firecracker.qemu import kvm_accel
+    from flake_pilot.launch.firecracker.qemu import kvm_accel
 
     accel, why = kvm_accel()
     print(f"QEMU accelerator: {accel} ({why}); launcher from {bin_dir}")

@@ -12,8 +12,7 @@ import yaml
 
 from flake_pilot import flakeconf
 from flake_pilot.errors import ConfigError
-from flake_pilot.firecracker import qemu
-from flake_pilot.launch.firecracker import plan, vmdef
+from flake_pilot.launch.firecracker import plan, qemu, vmdef
 from flake_pilot.settings import Settings
 
 

@@ -276,7 +276,7 @@ def kvm(needed: bool) -> Result:
 
 def qemu_accel() -> Result:
     """What QEMU VM flakes run with here: hardware KVM or TCG (the launcher's own rule)."""
-    from ..firecracker.qemu import kvm_accel
+    from ..launch.firecracker.qemu import kvm_accel
 
     accel, why = kvm_accel()
     if accel == "kvm":

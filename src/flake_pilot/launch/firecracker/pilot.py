@@ -368,9 +368,8 @@ def spawn_qemu(
     keep: bool,
 ) -> int:
     """Start QEMU for this instance (KVM when usable, else TCG); record its PID."""
-    from ...firecracker import qemu
     from .. import statedir
-    from . import vmdef
+    from . import qemu, vmdef
 
     binary = find_qemu(flake.qemu_binary)
     accel, why = qemu.kvm_accel()
@@ -525,7 +524,7 @@ def call_session(flake: "Plan", call: CallArgs, paths: "InstancePaths", pid: int
         return session(flake, call, vsock)
     import time
 
-    from ...firecracker import qemu
+    from . import qemu
 
     limit = boot_timeout()
     index, port_lock = qemu.claim_port(paths, qemu.ports(flake))

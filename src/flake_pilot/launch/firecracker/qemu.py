@@ -13,15 +13,15 @@ as many calls run at once; further calls wait for a free port.
 On the launcher's start path: fastos, no os/subprocess/json imports.
 """
 
-from ..launch import fastos
+from .. import fastos
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from socket import socket
 
-    from ..launch.firecracker.instances import InstancePaths
-    from ..launch.firecracker.plan import Plan
-    from ..launch.firecracker.vmdef import Instance
+    from .instances import InstancePaths
+    from .plan import Plan
+    from .vmdef import Instance
 
 MACHINE = "microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=on"
 RESUME_PORTS = 8  # concurrent sessions of one resume VM
@@ -78,7 +78,7 @@ def argv(
     fc = flake.firecracker
     for key, value in (("kernel_image_path", fc.kernel_image_path), ("rootfs_image_path", fc.rootfs_image_path)):
         if not value:
-            from ..errors import ConfigError
+            from ...errors import ConfigError
 
             raise ConfigError(f"{flake.config_file}: key 'vm.runtime.firecracker.{key}' is missing")
     assert fc.kernel_image_path is not None and fc.rootfs_image_path is not None
@@ -145,7 +145,7 @@ def argv(
 def claim_port(paths: "InstancePaths", count: int) -> tuple[int, int]:
     """A port no other call uses: (index, fd of its lock, held until closed). Waits for one
     port when all are busy."""
-    from ..launch.firecracker import instances
+    from . import instances
 
     for index in range(count):
         fd = instances.try_lock(port_socket(paths, index) + ".lock")
@@ -161,7 +161,7 @@ def connect(paths: "InstancePaths", index: int, pid: int, deadline: float) -> "s
     import socket
     import time
 
-    from ..launch.firecracker.instances import is_vm
+    from .instances import is_vm
 
     path = port_socket(paths, index)
     while True:
@@ -175,7 +175,7 @@ def connect(paths: "InstancePaths", index: int, pid: int, deadline: float) -> "s
         if not is_vm(pid, paths.fc_id):
             return None
         if time.monotonic() >= deadline:
-            from ..errors import EngineError
+            from ...errors import EngineError
 
             raise EngineError(f"VM {paths.meta}: {path}: {reason}")
         time.sleep(0.01)  # QEMU is starting; bounded by the deadline

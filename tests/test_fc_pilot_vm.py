@@ -355,7 +355,7 @@ def test_serial_start_path_imports_no_heavy_modules(vm_prefix: VmPrefix) -> None
         assert res.returncode == 0, res.stderr
         lines = [ln for ln in res.stderr.splitlines() if ln.startswith("import time:")]
         modules = {ln.rsplit("|", 1)[1].strip() for ln in lines}
-        assert "flake_pilot.launch.firecracker.vmdef" in modules  # the listing works
+        assert "flake_pilot" in modules  # the listing works (the warm modules may come preloaded: _preload)
         assert ("yaml" in modules) == (run == "parse")
         warm = {
             "typing",

@@ -92,6 +92,11 @@ def remove_labelled(scope: Scope) -> None:
 def root(tmp_path: Path, system_storage: Path, bb_image: str) -> Iterator[Scope]:
     s = root_scope(tmp_path, system_storage)
     yield s
+    for path in s.ids_dir.glob("*/*"):  # damage a test left (a FIFO would block the cleanup's reads)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif not path.is_file():
+            path.unlink()
     s.cleanup()
     remove_labelled(s)
 
@@ -529,3 +534,22 @@ def test_download_deadline_and_size_cap(fc: Prefix, cert: tuple[Path, Path], roo
     reg = registry(fc)
     assert not reg.exists() or [p.name for p in reg.iterdir() if p.name.startswith(".pull-")] == []
     assert not (reg / "images" / "leap").exists()
+
+
+@pytest.mark.parametrize("damage", ["fifo", "garbage"])
+def test_damaged_cid_of_a_kept_container_neither_hangs_nor_leaks(root: Scope, damage: str) -> None:
+    """An attach flake reads its .cid on every call: a FIFO there must not hang it, garbage there
+    must not leave the old container behind (unknown to every later call)."""
+    register(root, "atk-kept", attach=True)
+    assert call(root, "atk-kept", "-c", "exit 4").returncode == 4
+    target = root.ids_dir / "0" / "atk-kept.cid"
+    target.unlink()
+    if damage == "fifo":
+        os.mkfifo(target, 0o600)
+    else:
+        target.write_text("garbage\n")
+    for _ in range(2):
+        done = call(root, "atk-kept", "-c", "exit 4", timeout=30)
+        assert done.returncode == 4, (done.returncode, done.stderr)
+    kept = root.podman("ps", "-a", "-q", "--filter", f"label={LABEL}").stdout.split()
+    assert len(kept) == 1, f"containers of one attach instance: {kept}"

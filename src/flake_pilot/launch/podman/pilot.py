@@ -326,8 +326,9 @@ def _start_resume(
             return old
         runner.run([*prefix, "rm", "-f", "-t", "0", old], env=env, check=False)
     instance.clear(paths)
+    _remove_orphans(prefix, env, paths)
     label = _launch_label()  # finds the container even if its cid file could not be written
-    create = argv.resume_create_argv(prefix, image, [*opts, "--label", label], paths.cid, paths.pid)
+    create = argv.resume_create_argv(prefix, image, [*opts, "--label", label, *_owner(paths)], paths.cid, paths.pid)
     done = runner.run(create, env=env, check=False)
     cid = instance.read_cid(paths.cid)
     if done.returncode != 0 or not cid:
@@ -366,6 +367,7 @@ def _attach(
             cid = instance.read_cid(paths.cid)
             if not cid or runner.run([*prefix, "container", "exists", cid], env=env, check=False).returncode:
                 instance.clear(paths)
+                _remove_orphans(prefix, env, paths)
                 label = _launch_label()
                 with _progress(caller, f"creating {p.app}"):
                     done = runner.run(
@@ -373,7 +375,7 @@ def _attach(
                             prefix,
                             image,
                             p.target,
-                            [*opts, "--label", label],
+                            [*opts, "--label", label, *_owner(paths)],
                             caller.app_args,
                             tty,
                             paths.cid,
@@ -406,6 +408,24 @@ LAUNCH_LABEL = "io.flake-pilot.launch"
 
 def _launch_label() -> str:
     return f"{LAUNCH_LABEL}={fastos.getpid()}-{fastos.urandom(6).hex()}"
+
+
+INSTANCE_LABEL = "io.flake-pilot.instance"
+
+
+def _owner(paths: "Paths") -> list[str]:
+    """The label naming a kept instance's state files: finds its container when they are damaged."""
+    return ["--label", f"{INSTANCE_LABEL}={paths.stem}"]
+
+
+def _remove_orphans(prefix: list[str], env: dict[str, str], paths: "Paths") -> None:
+    """Before a kept instance is created anew: remove containers created for the same state files
+    that they no longer name (a damaged or deleted .cid would otherwise leak them)."""
+    from .. import runner
+
+    runner.run(
+        [*prefix, "rm", "-f", "-t", "0", "--filter", f"label={INSTANCE_LABEL}={paths.stem}"], env=env, check=False
+    )
 
 
 def _remove_failed(prefix: list[str], env: dict[str, str], cid: str, label: str) -> None:

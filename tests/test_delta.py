@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import podman
+from conftest import STATE, podman
 from delta_images import APP, BASE, HOSTDIR, L1, L2, build, build_images, registration
 from flake_pilot import errors
 from flake_pilot.flakeconf import parse
@@ -223,7 +223,9 @@ def test_rebuilt_layer_and_changed_include_invalidate(delta_images: Path, tmp_pa
 
 
 def test_changed_host_file_invalidates(delta_images: Path, tmp_path: Path) -> None:
-    host = tmp_path / "hostdep.txt"
+    public = STATE / f"hostdep-{os.getpid()}-{tmp_path.name}"  # reachable by anyone (tmp_path is root's 0700)
+    public.mkdir(mode=0o755, exist_ok=True)
+    host = public / "hostdep.txt"
     host.write_text("v1\n")
     host.chmod(0o644)
     build(
@@ -241,6 +243,7 @@ def test_changed_host_file_invalidates(delta_images: Path, tmp_path: Path) -> No
     assert tag2 != tag1 and run_in(tag2, delta_images, f"cat {host}") == "v2\n"
     compose.free_entries(app="dhostchg", podman_argv=PODMAN, env={"CONTAINERS_STORAGE_CONF": str(delta_images)})
     podman("rmi", "localhost/flake-test/delta-hd:latest", storage=delta_images, check=False)
+    shutil.rmtree(public)
 
 
 def test_concurrent_first_launches_compose_once(delta_images: Path, tmp_path: Path) -> None:

@@ -288,7 +288,7 @@ def test_at_and_plus_in_app_names_never_share_state(root: Scope) -> None:
 def removed_image(system_storage: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A delta image whose /removed lists host files: one in a 0700 dir, one behind another
     user's symlink, one readable the whole way (the control)."""
-    from test_delta import BASE, build_images
+    from delta_images import BASE, build_images
 
     build_images(system_storage, tmp_path_factory.mktemp("atk-build"))
     host = STATE / f"atk-host-{uuid.uuid4().hex[:8]}"
@@ -314,7 +314,7 @@ def removed_image(system_storage: Path, tmp_path_factory: pytest.TempPathFactory
 def test_host_files_private_by_directory_stay_on_the_host(
     root: Scope, removed_image: tuple[str, Path], attacker: tuple[int, int]
 ) -> None:
-    from test_delta import registration
+    from delta_images import registration
 
     image, host = removed_image
     link = Path(f"/tmp/flake-atk-link-{host.name}")

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,24 @@ def test_unsafe_state_dir(prefix: Prefix) -> None:
     assert code == 1
     record = by_check(records, "podman ids dir")
     assert record["status"] == "fail" and "chmod 1777" in record["fix"]
+
+
+def test_state_dir_uses_the_launchers_walk(prefix: Prefix) -> None:
+    """A sticky 1777 base owned by another user passes a mode check but the launchers refuse it
+    (that user could rename what it holds): doctor reports it; a root-owned 1777 base is fine."""
+    prefix.ids_dir.mkdir()
+    os.chmod(prefix.ids_dir, 0o1777)
+    code, records = run_doctor(prefix)
+    record = by_check(records, "podman ids dir")
+    assert record["status"] == "ok", record
+    assert not (prefix.ids_dir / str(os.getuid())).exists()  # doctor creates nothing
+    other = pwd.getpwnam("flakeattk").pw_uid
+    os.chown(prefix.ids_dir, other, other)
+    code, records = run_doctor(prefix)
+    assert code == 1
+    record = by_check(records, "podman ids dir")
+    assert record["status"] == "fail" and f"owned by uid {other}" in record["detail"], record
+    assert "chown root" in record["fix"]
 
 
 def test_missing_image_is_a_warning(prefix: Prefix, bb_image: str) -> None:

@@ -304,30 +304,36 @@ def tun(needed: bool) -> Result:
 
 
 def state_dir(name: str, base: str) -> Result:
-    """The shared ids base (1777 or owned by the caller) and the caller's private <uid> dir (0700)."""
+    """The launchers' own walk of ``<base>/<uid>`` (``statedir.check_private_dir``), creating nothing."""
+    from ..launch import statedir
+
     try:
-        st = os.lstat(base)
-    except FileNotFoundError:
-        parent = os.path.dirname(base.rstrip("/")) or "/"
-        if os.access(parent, os.W_OK):
-            return Result(name, OK, f"{base} will be created on first use")
-        return Result(name, FAIL, f"{base} missing and {parent} not writable", f"mkdir -m 1777 {base} (as root)")
-    if not stat.S_ISDIR(st.st_mode):
-        return Result(name, FAIL, f"{base} is a symlink or not a directory", f"rm {base} (it is recreated)")
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        return Result(name, FAIL, f"{base} world writable without sticky bit", f"chmod 1777 {base}")
+        missing = statedir.check_private_dir(base)
+    except FlakeError as exc:
+        return Result(name, FAIL, str(exc), _state_fix(str(exc)))
     own = os.path.join(base, str(os.getuid()))
-    try:
-        mine = os.lstat(own)
-    except FileNotFoundError:
-        if st.st_uid != os.getuid() and not st.st_mode & stat.S_IWOTH:
-            return Result(name, FAIL, f"{base} not writable for uid {os.getuid()}", f"chmod 1777 {base}")
-        return Result(name, OK, f"{base} ok ({own} will be created 0700)")
-    if not stat.S_ISDIR(mine.st_mode) or mine.st_uid != os.getuid():
-        return Result(name, FAIL, f"{own} is not a directory owned by uid {os.getuid()}", f"rm -rf {own}")
-    if mine.st_mode & 0o077:
-        return Result(name, WARN, f"{own} has mode {oct(mine.st_mode & 0o777)}", f"chmod 700 {own}")
+    if missing:
+        return Result(name, OK, f"{base} ok ({missing} will be created on first use)")
+    mode = os.lstat(own).st_mode & 0o777
+    if mode & 0o077:
+        return Result(name, WARN, f"{own} has mode {oct(mode)} (the launchers make it 0700)", f"chmod 700 {own}")
     return Result(name, OK, f"{base} ok, {own} private")
+
+
+def _state_fix(message: str) -> str:
+    """How to fix what the state dir walk refused; its message starts with the path at fault."""
+    path = message.split(":", 1)[0]
+    if "chmod" in message:
+        return "chmod 1777 " + path
+    if "not by the caller" in message:
+        return f"rm -rf {path} (it is recreated)"
+    if "owned by uid" in message:
+        return f"chown root {path} (or set podman_ids_dir/firecracker_ids_dir to a dir of your own)"
+    if "symbolic link" in message:
+        return f"rm {path} (it is recreated)"
+    if "no space left" in message:
+        return "free some space on the state disk"
+    return f"mkdir -m 1777 {path} (as root)"
 
 
 def state_dirs(cfg: Settings) -> list[Result]:

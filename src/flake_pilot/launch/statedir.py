@@ -106,6 +106,18 @@ def private_dir(base: str | None = None) -> str:
     """``<base>/<uid>``, walked and checked from ``/`` by file descriptor (module docstring):
     missing components are created (by root: 0755, a configured base 1777 as it is shared; by a
     user: 0700), ``<uid>`` 0700 and owned by the caller. *base* None or "": the default."""
+    return _walk(base, True)[0]
+
+
+def check_private_dir(base: str | None = None) -> str:
+    """The same walk and checks as ``private_dir`` (for ``flake-ctl doctor``) but creating and
+    mending nothing: raises what ``private_dir`` would raise; returns "" when the state dir is
+    usable as it is, else the first missing path, which ``private_dir`` would create."""
+    return _walk(base, False)[1]
+
+
+def _walk(base: str | None, create: bool) -> tuple[str, str]:
+    """(``<base>/<uid>``, the first missing component or ""); creates and mends only if *create*."""
     uid = fastos.getuid()
     base = base or default_base(uid)
     shared = uid == 0 and base != "/run/flakes"  # root creates a configured base for all users
@@ -117,29 +129,40 @@ def private_dir(base: str | None = None) -> str:
     shown = ""
     try:
         _check_dir(fd, "/", uid)
-        for index, part in enumerate(parts):
+        for index, part in enumerate(parts + [str(uid)]):
             shown += "/" + part
             last = index == len(parts) - 1
-            mode = (0o1777 if shared and last else 0o755) if uid == 0 else 0o700
-            child = _open_dir(fd, part, shown, mode)
+            mode = 0o700 if index == len(parts) else (0o1777 if shared and last else 0o755) if uid == 0 else 0o700
+            try:
+                child = _open_dir(fd, part, shown, mode if create else 0)
+            except FileNotFoundError:
+                if create:
+                    raise
+                _check_creatable(fd, shown)
+                return base.rstrip("/") + "/" + str(uid), shown
             fastos.close(fd)
             fd = child
-            _check_dir(fd, shown, uid)
-        shown += "/" + str(uid)
-        child = _open_dir(fd, str(uid), shown, 0o700)
-        fastos.close(fd)
-        fd = child
+            if index < len(parts):
+                _check_dir(fd, shown, uid)
         st = fastos.fstat(fd)
         if st.st_uid != uid:
             _refuse(f"{shown}: owned by uid {st.st_uid}, not by the caller (uid {uid}), refusing to use it")
-        if st.st_mode & 0o077:
+        if st.st_mode & 0o077 and create:
             fastos.fchmod(fd, 0o700)
         _check_space(fd, shown, uid)
     except OSError as exc:
         _refuse(f"{shown or '/'}: cannot use it as state dir: {exc.strerror}")
     finally:
         fastos.close(fd)
-    return shown
+    return shown, ""
+
+
+def _check_creatable(fd: int, shown: str) -> None:
+    """Could the caller create *shown* in the directory *fd*? (only when checking, never at launch)"""
+    import os
+
+    if not os.access(".", os.W_OK | os.X_OK, dir_fd=fd):
+        _refuse(f"{shown}: missing, and its parent is not writable by uid {fastos.getuid()}")
 
 
 def check_name(directory: str, name: str) -> str:

@@ -12,6 +12,7 @@ the real guest path on a host with hardware KVM.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -133,6 +134,47 @@ def test_resume_vm_kept_and_reused_by_later_calls(vm_prefix: VmPrefix) -> None:
     finally:
         fake.close()
         vmid = vm_prefix.state / "rs.vmid"
+        if vmid.exists():
+            os.kill(int(vmid.read_text()), 9)
+
+
+def test_resume_vm_replaced_when_its_registration_changed_and_no_call_runs(vm_prefix: VmPrefix) -> None:
+    """A running resume VM whose registration changed: a call while another runs in it still
+    uses it; the next call, with none running, stops it and boots a VM of the new registration."""
+    vm_prefix.register("rs", guest="hang", resume=True, target="/bin/sh")
+    env = {"PILOT_DEBUG": "1"}
+    vmid = vm_prefix.state / "rs.vmid"
+    first = launch(vm_prefix, "rs", "-c", "exit 0", env=env, stdin="")
+    fake = FakeGuestVsock(vm_prefix.state / "sci_cmd_rs.sock")
+    try:
+        _, err = first.communicate("", timeout=30)
+        assert first.returncode == 0, err
+        old = int(vmid.read_text())
+        old_spec = (vm_prefix.state / "rs.spec").read_text()
+        busy = launch(vm_prefix, "rs", "-c", "echo ready; read x; echo got-$x", env=env, stdin="")
+        assert busy.stdout is not None and busy.stdin is not None
+        ready, _, _ = select.select([busy.stdout], [], [], 30)
+        assert ready and busy.stdout.readline() == "ready\n"
+        vm_prefix.register("rs", guest="hang", resume=True, target="/bin/sh", boot_args=("console=ttyS0", "quiet"))
+        during = launch(vm_prefix, "rs", "-c", "echo during", env=env, stdin="")
+        out, err = during.communicate("", timeout=30)
+        assert (during.returncode, out) == (0, "during\n"), err
+        assert "still runs calls: kept for now" in err and f"reusing VM pid {old}" in err
+        out, err = busy.communicate("x\n", timeout=30)
+        assert (busy.returncode, out) == (0, "got-x\n"), err
+        assert alive(old) and int(vmid.read_text()) == old
+        fake.close()
+        after = launch(vm_prefix, "rs", "-c", "echo after", env=env, stdin="")
+        wait_for(lambda: vmid.exists() and vmid.read_text().strip() not in ("", str(old)), what="a new VM")
+        fake = FakeGuestVsock(vm_prefix.state / "sci_cmd_rs.sock")
+        out, err = after.communicate("", timeout=30)
+        assert (after.returncode, out) == (0, "after\n"), err
+        assert f"stopping idle VM pid {old}" in err
+        new = int(vmid.read_text())
+        assert new != old and alive(new) and not alive(old)
+        assert (vm_prefix.state / "rs.spec").read_text() not in ("", old_spec)  # the new registration's
+    finally:
+        fake.close()
         if vmid.exists():
             os.kill(int(vmid.read_text()), 9)
 

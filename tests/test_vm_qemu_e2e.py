@@ -3,7 +3,7 @@ scripts/build-guest.sh: Debian cloud kernel, initrd, rootfs; --install-sci) -> `
 qemu`` -> the app symlink -> firecracker-pilot -> QEMU (TCG here: KVM is PVM) -> Linux -> sci ->
 a session over virtio-serial.
 
-Four boots in all (TCG boots take seconds): a one-shot call carrying the process contract, a
+Five boots in all (TCG boots take seconds): a one-shot call carrying the process contract, a
 one-shot call killed with SIGKILL, one resume VM that takes every other case, and a second
 instance of it (@NAME). The failure cases start no guest.
 """
@@ -327,6 +327,35 @@ def test_resume_vm_serves_every_case(deb: Deb) -> None:
     two = deb.vm_pid("rsh@two")
     assert two != pid and qemu_alive(two) and qemu_alive(pid)
     assert deb.run("rsh", "-c", "cat /root/persist") == (0, "kept\n", "")
-    for vm in (pid, two):
-        os.kill(vm, signal.SIGTERM)
-        wait_gone(vm)
+    os.kill(two, signal.SIGTERM)
+    wait_gone(two)
+
+    # the registration changes (a drop-in): a call while another runs in the VM still uses it;
+    # the next call, with none running, stops it and gets a new VM of the new registration
+    mem = "grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2"
+    status, old_mem, _ = deb.run("rsh", "-c", mem)
+    assert status == 0 and int(old_mem) > 0
+    a = deb.popen("rsh", "-c", "rm -f /tmp/f; mkfifo /tmp/f; echo ready; cat /tmp/f", stdout=subprocess.PIPE)
+    assert a.stdout is not None
+    read_until(a.stdout.fileno(), b"ready\n")
+    dropin = deb.prefix.flakes_dir / "rsh.d" / "size.yaml"
+    dropin.write_text(dropin.read_text().replace("mem_size_mib: 256", "mem_size_mib: 320"))
+    status, out, err = deb.run("rsh", "-c", "echo from-b > /tmp/f; cat /root/persist", env={"PILOT_DEBUG": "1"})
+    assert (status, out) == (0, "kept\n"), err
+    assert "still runs calls: kept for now" in err
+    rest, _ = a.communicate(timeout=60)
+    assert (a.returncode, rest) == (0, b"from-b\n")
+    assert deb.vm_pid("rsh") == pid and qemu_alive(pid)
+    status, out, err = deb.run(
+        "rsh", "-c", f"cat /root/persist 2>/dev/null || echo absent; {mem}", env={"PILOT_DEBUG": "1"}
+    )
+    assert status == 0 and f"stopping idle VM pid {pid}" in err, err
+    fresh, new_mem = out.splitlines()
+    assert fresh == "absent"  # a new instance: a new overlay, as a replaced resume container
+    assert int(new_mem) > int(old_mem)  # the new registration's VM answered
+    new = deb.vm_pid("rsh")
+    assert new != pid and qemu_alive(new) and not qemu_alive(pid)
+    assert deb.run("rsh", "-c", "echo again")[1] == "again\n"  # unchanged now: the same VM
+    assert deb.vm_pid("rsh") == new
+    os.kill(new, signal.SIGTERM)
+    wait_gone(new)

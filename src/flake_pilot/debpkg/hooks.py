@@ -73,7 +73,7 @@ def _owned_apps(cfg: Settings, engine: str, package: str) -> list[str]:
 
 
 PODMAN_STATE = (".cid", ".pid", ".lock", ".spec", ".oci")  # instance.Paths, oci.SUFFIX
-VM_STATE = (".run.ext2", ".ext2", ".fc.log", ".vmid", ".lock", ".tap")
+VM_STATE = (".run.ext2", ".ext2", ".fc.log", ".vmid", ".lock", ".tap", ".spec")
 
 
 def _instance_files(ids_dir: str, app: str, suffixes: tuple[str, ...]) -> list[tuple[str, str, str]]:

@@ -183,6 +183,11 @@ def _open(path: str, flags: int) -> int:
         raise
 
 
+def open_file(path: str, flags: int) -> int:
+    """A state file's fd (``_open``: never through a symlink, a symlink refused)."""
+    return _open(path, flags)
+
+
 def read_file(path: str) -> str | None:
     """Content of a state file, None if missing, "" if damaged (a FIFO, directory, device or a
     file over MAX_STATE_SIZE: never blocks, never crashes; the caller treats it as garbage and

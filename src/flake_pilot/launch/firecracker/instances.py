@@ -10,17 +10,27 @@ Per instance ``<meta>`` (``app`` or ``app@name``):
     <meta>.failed.log  the log of the last start that failed (kept and named in the error)
     <meta>.ext2        resume overlay (persistent write layer), <meta>.run.ext2 one-shot overlay
     <meta>.tap         the TAP device this launcher created (removed with the instance)
+    <meta>.spec        a resume VM's registration fingerprint (``vm_spec``); every call into the
+                       VM holds it flock-shared while its session runs (``join``)
 
 An instance is running iff its PID's /proc/<pid>/comm is ``firecracker``, the process is the
 caller's and its command line carries this instance's ``--id`` (so a reused PID is never taken
 for our VM). Anything else is stale and is reaped (files, one-shot overlay, our TAP device).
+
+A running resume VM whose registration changed (its ``.spec`` differs from the launch's) is
+replaced by the next call that finds no other call in it (an exclusive flock on ``.spec`` is
+free); while calls run in it, it is kept and used.
 """
 
 import fcntl
 import time
 import zlib
 
-from .. import fastos, statedir  # fastos: os without its import cost at launch
+from .. import debug, fastos, statedir  # fastos: os without its import cost at launch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .plan import Plan
 
 
 def short_hash(text: str) -> str:
@@ -70,6 +80,10 @@ class InstancePaths:
     def failed_log(self) -> str:
         """The log of the last start that failed, kept for the user (not instance state)."""
         return self._p(self.meta + ".failed.log")
+
+    @property
+    def spec(self) -> str:
+        return self._p(self.meta + ".spec")
 
     @property
     def tap_record(self) -> str:
@@ -131,6 +145,44 @@ def running_pid(paths: InstancePaths) -> int | None:
     return None
 
 
+def vm_spec(flake: "Plan") -> str:
+    """The fingerprint of what a VM is started from: the registration and its scope's settings,
+    all but the program a call runs in it."""
+    plan = flake.as_dict()
+    del plan["target_app_path"]
+    return short_hash(repr(plan))
+
+
+def join(paths: InstancePaths, wanted: str) -> tuple[int, bool]:
+    """Enter the running resume VM of *paths* (the instance lock held): (fd, replace).
+
+    *fd*: its ``.spec``, flock-shared for this call's session (close it when the session ends);
+    -1 when the VM has none (started by an older flake-pilot: used as it is). *replace*: the
+    spec differs from *wanted* and no other call runs in the VM: *fd* then holds it exclusively,
+    and the caller stops the VM. An exclusive flock is only taken under the instance lock, so
+    the shared one never waits."""
+    try:
+        fd = statedir.open_file(paths.spec, fastos.O_RDONLY | fastos.O_NONBLOCK)
+    except FileNotFoundError:
+        return -1, False
+    try:
+        st = fastos.fstat(fd)
+        spec = ""  # damaged: counts as changed
+        if fastos.S_ISREG(st.st_mode) and st.st_size <= statedir.MAX_STATE_SIZE:
+            spec = fastos.read(fd, statedir.MAX_STATE_SIZE).decode("utf-8", "replace").strip()
+        if spec != wanted:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd, True
+            except BlockingIOError:
+                debug.log(f"registration changed, but VM {paths.meta} still runs calls: kept for now")
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        fastos.close(fd)
+        raise
+    return fd, False
+
+
 def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
     """Remove an instance's runtime files (and its one-shot overlay, TAP device if ours)."""
     dev = statedir.read_file(paths.tap_record)
@@ -140,7 +192,7 @@ def remove_files(paths: InstancePaths, *, overlay: bool) -> None:
         tap.remove(dev)
     prefix = fastos.basename(paths.sock) + "_"
     listeners = [fastos.join(paths.state_dir, n) for n in _names(paths.state_dir) if n.startswith(prefix)]
-    for path in (paths.vmid, paths.sock, paths.tap_record, paths.log, *listeners):
+    for path in (paths.vmid, paths.spec, paths.sock, paths.tap_record, paths.log, *listeners):
         statedir.remove_file(path)
     statedir.remove_file(paths.overlay(resume=False))
     if overlay:

@@ -605,24 +605,42 @@ def _discard(paths: "InstancePaths", overlay_made: bool, lock_fd: int) -> None:
 
 
 def run_resume(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int) -> int:
+    """A session in the instance's kept VM, booted first when none runs. A running VM whose
+    registration changed is stopped and booted anew, with a new overlay (as podman-pilot replaces
+    a resume container), when no call runs in it; else this call uses it as it is."""
+    from .. import statedir
     from . import instances
 
+    wanted = instances.vm_spec(flake)
     lock_fd = instances.lock(paths.lock)
+    spec_fd = -1  # the VM's .spec, held shared while this call's session runs
     started = False
     created = False
     try:
         pid = instances.running_pid(paths)
+        if pid is not None:
+            spec_fd, replace = instances.join(paths, wanted)
+            if replace:
+                debug.log(f"registration changed: stopping idle VM pid {pid} of {call.meta}")
+                instances.kill(pid, paths.fc_id)
+                instances.remove_files(paths, overlay=True)
+                fastos.close(spec_fd)
+                spec_fd, pid = -1, None
+            else:
+                debug.log(f"reusing VM pid {pid} for {call.meta}")
         if pid is None:
             instances.remove_files(paths, overlay=False)
             try:
                 ov, dev, created = prepare(flake, paths, uid, resume=True)
                 pid, started = start_vm(flake, paths, call, ov, dev, uid, keep=True), True
+                statedir.write_file(paths.spec, wanted)
+                spec_fd, _ = instances.join(paths, wanted)
             except BaseException:
+                if started and pid is not None:  # its spec could not be recorded: do not keep it
+                    instances.kill(pid, paths.fc_id, grace=0.2)
                 _discard(paths, created, lock_fd)
                 lock_fd = -1
                 raise
-        else:
-            debug.log(f"reusing VM pid {pid} for {call.meta}")
     finally:
         if lock_fd >= 0:
             fastos.close(lock_fd)  # not held across sessions: concurrent calls share the VM
@@ -644,6 +662,9 @@ def run_resume(flake: "Plan", call: CallArgs, paths: "InstancePaths", uid: int) 
             else:
                 debug.log(f"VM pid {pid} never answered; another call holds {paths.lock}: left to it")
         raise
+    finally:
+        if spec_fd >= 0:
+            fastos.close(spec_fd)
 
 
 def launch(app: str, argv: list[str]) -> int:

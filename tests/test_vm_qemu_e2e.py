@@ -219,14 +219,14 @@ def test_one_shot_sigkill_of_the_launcher_takes_the_vm(deb: Deb, tmp_path: Path)
 
 
 def test_ctrl_c_while_the_vm_boots(deb: Deb) -> None:
-    """SIGINT before the guest answered: the call gives up at once (130), the VM and the
-    instance's files go."""
+    """SIGINT before the guest answered: the call gives up at once (130, the launcher's one line,
+    as for any interrupt of its own work), the VM and the instance's files go."""
     launcher = deb.popen("vsh", "@c", "-c", "echo never", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pid = deb.vm_pid("vsh@c")
     assert qemu_alive(pid)
     launcher.send_signal(signal.SIGINT)
     out, err = launcher.communicate(timeout=30)
-    assert (launcher.returncode, out, err) == (130, b"", b"")
+    assert (launcher.returncode, out, err) == (130, b"", b"vsh: interrupted\n")
     assert not qemu_alive(pid)
     assert not {n for n in deb.files() if n.startswith(("vsh@c", "sci_cmd_vsh@c"))}
 

@@ -11,6 +11,7 @@ from flake_pilot import flakeconf, settings
 from flake_pilot.ctl import output
 from flake_pilot.ctl.podman import container_config, info_file_name, resolve_archive, strip_escape
 from flake_pilot.errors import ConfigError, NotFoundError, UsageError
+from flake_pilot.launch import fastos
 
 # A registration exactly as the original flake-ctl 3.1.44 writes it (serde_yaml 0.8, `vm: ~`, "-ti").
 ORIGINAL_CONTAINER = """\
@@ -47,7 +48,14 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # -- settings ------------------------------------------------------------------------------------
 
 
-def test_settings_defaults_without_file(env: Path) -> None:
+@pytest.fixture
+def as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defaults of root's scope, whoever runs the tests (make check runs unprivileged)."""
+    monkeypatch.setattr(settings.os, "getuid", lambda: 0)
+    monkeypatch.setattr(fastos, "getuid", lambda: 0)
+
+
+def test_settings_defaults_without_file(env: Path, as_root: None) -> None:
     s = settings.load(False)
     assert s.source is None
     assert (s.flakes_dir, s.podman_ids_dir, s.podman_storage_conf) == (
@@ -58,7 +66,7 @@ def test_settings_defaults_without_file(env: Path) -> None:
     assert s.podman_binary == "podman"
 
 
-def test_settings_system_file_and_additions(env: Path) -> None:
+def test_settings_system_file_and_additions(env: Path, as_root: None) -> None:
     (env / "flakes.yml").write_text(
         "generic:\n  flakes_dir: /srv/flakes\n  podman_binary: /opt/podman\n  future_key: 1\n"
     )

@@ -160,21 +160,7 @@ def run_argv(
     makes Ctrl-C, typed into the container's terminal, work for apps without a SIGINT handler;
     a missing target then exits 1 (catatonit's code) with its message on the terminal.
     """
-    argv = [
-        *prefix,
-        "run",
-        "--rm",
-        *tty_flags(tty),
-        *init_flag(tty),
-        "--pull=missing",
-        "--cidfile",
-        cidfile,
-        "--conmon-pidfile",
-        pidfile,
-    ]
-    if target != "/":
-        argv += ["--entrypoint", target]
-    return [*argv, *opts, image, *app_args]
+    return _app_container_argv([*prefix, "run", "--rm"], image, target, opts, app_args, tty, cidfile, pidfile)
 
 
 def create_argv(
@@ -188,17 +174,23 @@ def create_argv(
     pidfile: str,
 ) -> list[str]:
     """Attach mode: a kept container running the app, started with ``start --attach``."""
-    argv = [
-        *prefix,
-        "create",
-        *tty_flags(tty),
-        *init_flag(tty),
-        "--pull=missing",
-        "--cidfile",
-        cidfile,
-        "--conmon-pidfile",
-        pidfile,
-    ]
+    return _app_container_argv([*prefix, "create"], image, target, opts, app_args, tty, cidfile, pidfile)
+
+
+def _app_container_argv(
+    command: list[str],
+    image: str,
+    target: str,
+    opts: "Sequence[str]",
+    app_args: "Sequence[str]",
+    tty: bool,
+    cidfile: str,
+    pidfile: str,
+) -> list[str]:
+    """What one-shot's ``run --rm`` and attach's ``create`` share: the app as the container's
+    command, its state files, the caller's terminal choice."""
+    argv = [*command, *tty_flags(tty), *init_flag(tty), "--pull=missing", "--cidfile", cidfile]
+    argv += ["--conmon-pidfile", pidfile]
     if target != "/":
         argv += ["--entrypoint", target]
     return [*argv, *opts, image, *app_args]
